@@ -1,0 +1,130 @@
+//! The one error type of the image crate. Each variant names what was wrong and the value
+//! that was wrong, so the CLI can print it as is.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid reference format: {reason}: {input:?}")]
+    InvalidReference { input: String, reason: &'static str },
+
+    #[error("invalid digest {input:?}: {reason}")]
+    InvalidDigest { input: String, reason: &'static str },
+
+    #[error("{what} {expected}: digest mismatch, got {actual}")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+
+    #[error("{what} {digest}: size mismatch, expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        what: String,
+        digest: String,
+        expected: u64,
+        actual: u64,
+    },
+
+    #[error("layer entry {path:?}: {reason}")]
+    HostileEntry { path: String, reason: String },
+
+    #[error("layer is larger than the limit of {limit} bytes unpacked")]
+    LayerTooLarge { limit: u64 },
+
+    #[error("unsupported {what}: {value}")]
+    Unsupported { what: &'static str, value: String },
+
+    #[error("malformed {what}: {reason}")]
+    Malformed { what: String, reason: String },
+
+    #[error("No such image: {0}")]
+    ImageNotFound(String),
+
+    #[error("conflict: {0}")]
+    Conflict(String),
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("{context}: {source}")]
+    IoContext {
+        context: String,
+        source: std::io::Error,
+    },
+
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+
+    #[error("registry {registry}: {message}")]
+    Registry { registry: String, message: String },
+
+    #[error("registry {registry}: unauthorized: {message}")]
+    Unauthorized { registry: String, message: String },
+
+    #[error("{url}: {source}")]
+    Http { url: String, source: reqwest::Error },
+
+    #[error("no image for platform {wanted} in {reference} (available: {available})")]
+    NoMatchingPlatform {
+        reference: String,
+        wanted: String,
+        available: String,
+    },
+
+    #[error("credentials file {path}: {reason}")]
+    Credentials { path: PathBuf, reason: String },
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn ctx(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::IoContext {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn hostile(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::HostileEntry {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn malformed(what: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Error::Malformed {
+            what: what.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Lets errors raised inside `Read` adapters (digest checks, hostile content) travel through
+/// std::io plumbing (tar, flate2) and come back out with their meaning intact.
+pub(crate) fn into_io(e: Error) -> std::io::Error {
+    std::io::Error::other(e)
+}
+
+pub(crate) fn from_io(context: impl Into<String>, e: std::io::Error) -> Error {
+    if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+        if let Some(inner) = e.into_inner() {
+            if let Ok(err) = inner.downcast::<Error>() {
+                return *err;
+            }
+        }
+        return Error::malformed("io", "lost error");
+    }
+    Error::ctx(context, e)
+}

@@ -1,0 +1,163 @@
+//! The one-pass layer pipeline: bytes in → (hash + store compressed blob) → decompress →
+//! (hash diff id [+ store uncompressed blob]) → unpack into a temp snapshot. Digests and
+//! sizes are checked at the end of the same pass; on any failure the temp blob and the temp
+//! snapshot are dropped, so nothing partial stays in the store.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+
+use crate::blobs::BlobWriter;
+use crate::digest::{Digest, HashingReader};
+use crate::error::{from_io, Error, Result};
+use crate::snapshots::TempSnapshot;
+use crate::unpack::{self, UnpackOptions, UnpackStats};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// By magic number rather than media type: registries and old tools mislabel layers,
+    /// and the bytes cannot lie about their own format.
+    pub fn detect(head: &[u8]) -> Self {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+}
+
+/// Wraps a buffered reader in the decoder its first bytes call for.
+pub fn decompress<'a, R: BufRead + 'a>(mut r: R) -> Result<(Compression, Box<dyn Read + 'a>)> {
+    let head = r.fill_buf().map_err(|e| from_io("reading layer", e))?;
+    let c = Compression::detect(head);
+    let out: Box<dyn Read + 'a> = match c {
+        Compression::None => Box::new(r),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(r).map_err(|e| from_io("zstd", e))?)
+        }
+    };
+    Ok((c, out))
+}
+
+/// Copies every byte read into a blob writer (whose own checks cut off oversized input).
+pub struct Tee<R> {
+    inner: R,
+    sink: Option<BlobWriter>,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(s) = self.sink.as_mut() {
+            s.write_all(&buf[..n])?;
+        }
+        Ok(n)
+    }
+}
+
+pub struct LayerInput {
+    /// Expected digest and size of the bytes as sent (the descriptor), if known.
+    pub blob: Option<(Digest, u64)>,
+    /// Expected uncompressed digest (the config's diff id), if known.
+    pub diff_id: Option<Digest>,
+    /// Store the bytes as sent under their digest (pull).
+    pub store_blob: Option<BlobWriter>,
+    /// Store the uncompressed tar under its digest (import).
+    pub store_diff: Option<BlobWriter>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LayerOutput {
+    pub blob: Digest,
+    pub blob_size: u64,
+    pub diff_id: Digest,
+    pub compression: Compression,
+    pub stats: UnpackStats,
+}
+
+pub fn unpack_layer(
+    source: impl Read,
+    input: LayerInput,
+    snap: &TempSnapshot,
+    opts: &UnpackOptions,
+) -> Result<LayerOutput> {
+    let what = match &input.blob {
+        Some((d, _)) => format!("layer {d}"),
+        None => "layer".to_string(),
+    };
+    let limit = input.blob.as_ref().map(|(_, s)| *s);
+    let mut outer = HashingReader::new(
+        Tee {
+            inner: source,
+            sink: input.store_blob,
+        },
+        limit,
+        what.clone(),
+    );
+    let (compression, diff_id, stats, diff_sink) = {
+        let (compression, decoded) = decompress(BufReader::with_capacity(256 * 1024, &mut outer))?;
+        let mut inner = HashingReader::new(
+            Tee {
+                inner: decoded,
+                sink: input.store_diff,
+            },
+            None,
+            what.clone(),
+        );
+        let stats = unpack::unpack(&mut inner, snap.fs_path(), opts)?;
+        let (diff_id, _, tee) = inner
+            .finish_into_inner()
+            .map_err(|e| from_io(format!("{what}: reading"), e))?;
+        (compression, diff_id, stats, tee.sink)
+    };
+    let (blob, blob_size, tee) = outer
+        .finish_into_inner()
+        .map_err(|e| from_io(format!("{what}: reading"), e))?;
+    if let Some((d, size)) = &input.blob {
+        if *size != blob_size {
+            return Err(Error::SizeMismatch {
+                what: "layer".into(),
+                digest: d.to_string(),
+                expected: *size,
+                actual: blob_size,
+            });
+        }
+        if *d != blob {
+            return Err(Error::DigestMismatch {
+                what: "layer".into(),
+                expected: d.to_string(),
+                actual: blob.to_string(),
+            });
+        }
+    }
+    if let Some(d) = &input.diff_id {
+        if *d != diff_id {
+            return Err(Error::DigestMismatch {
+                what: format!("{what} diff id"),
+                expected: d.to_string(),
+                actual: diff_id.to_string(),
+            });
+        }
+    }
+    // Only now, with every check passed, do the blobs get their names in the store.
+    if let Some(w) = tee.sink {
+        w.commit()?;
+    }
+    if let Some(w) = diff_sink {
+        w.commit()?;
+    }
+    Ok(LayerOutput {
+        blob,
+        blob_size,
+        diff_id,
+        compression,
+        stats,
+    })
+}

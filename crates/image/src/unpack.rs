@@ -1,0 +1,650 @@
+//! Unpacking one layer tarball into an empty snapshot directory, in overlay form.
+//!
+//! Every entry is checked before anything is written: its path must be relative and free
+//! of `..`; its parent is opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`
+//! relative to the snapshot root, so a symlink planted by an earlier entry can never carry a
+//! later write (or a hardlink) outside the root — the kernel refuses it with EXDEV and we
+//! refuse the layer. Final components are created with `*at` calls that never follow
+//! symlinks. Whiteouts become overlay whiteouts (0/0 character devices) and opaque markers
+//! become the `trusted.overlay.opaque` xattr.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use rustix::fs::{
+    AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags,
+};
+use rustix::io::Errno;
+
+use crate::error::{Error, Result};
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+const AUFS_META_PREFIX: &[u8] = b".wh..wh.";
+const XATTR_PAX_PREFIX: &str = "SCHILY.xattr.";
+const OVERLAY_XATTR_PREFIX: &str = "trusted.overlay.";
+const COPY_BUF: usize = 256 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct UnpackOptions {
+    /// Create block and character devices. Only root can, and only root should be trusted
+    /// with what a layer's device nodes would grant.
+    pub allow_devices: bool,
+    /// Refuse a layer whose files add up to more than this (a decompression bomb).
+    pub max_bytes: u64,
+    /// Apply the owners recorded in the tar (needs CAP_CHOWN).
+    pub preserve_owners: bool,
+}
+
+impl Default for UnpackOptions {
+    fn default() -> Self {
+        let root = rustix::process::geteuid().is_root();
+        UnpackOptions {
+            allow_devices: root,
+            max_bytes: 1 << 40,
+            preserve_owners: root,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UnpackStats {
+    /// Sum of the sizes of regular files (docker's notion of a layer's size).
+    pub bytes: u64,
+    pub entries: u64,
+}
+
+/// Unpacks `reader` (an uncompressed tar) into `root`, an empty directory we own.
+pub fn unpack(reader: impl Read, root: &Path, opts: &UnpackOptions) -> Result<UnpackStats> {
+    let root_fd = rustix::fs::open(
+        root,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io(root, e.into()))?;
+    let mut ctx = Unpacker {
+        root: root_fd,
+        opts: opts.clone(),
+        stats: UnpackStats::default(),
+        dirs: Vec::new(),
+        buf: vec![0; COPY_BUF],
+    };
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive
+        .entries()
+        .map_err(|e| crate::error::from_io("reading layer tar", e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| crate::error::from_io("reading layer tar", e))?;
+        ctx.entry(entry)?;
+    }
+    ctx.finish()?;
+    Ok(ctx.stats)
+}
+
+struct Unpacker {
+    root: OwnedFd,
+    opts: UnpackOptions,
+    stats: UnpackStats,
+    /// Directory times are applied last: creating children changes a directory's mtime.
+    dirs: Vec<(Vec<u8>, Timestamps)>,
+    buf: Vec<u8>,
+}
+
+/// What an entry is, parsed from the header before anything touches the disk.
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    times: Timestamps,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+impl Unpacker {
+    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
+        let raw_path = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        let kind = entry.header().entry_type();
+        if matches!(
+            kind,
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
+        ) {
+            return Ok(());
+        }
+        let comps = clean_path(&raw_path).map_err(|r| Error::hostile(&shown, r))?;
+        let meta = self.meta(&mut entry, &shown)?;
+        self.stats.entries += 1;
+
+        let Some((name, parent)) = comps.split_last() else {
+            // "./" — the layer's root directory itself.
+            if kind.is_dir() {
+                self.apply_meta(self.root.as_fd(), None, &meta, &shown, true)?;
+                self.dirs.push((Vec::new(), meta.times));
+                return Ok(());
+            }
+            return Err(Error::hostile(
+                &shown,
+                "names the layer root but is not a directory",
+            ));
+        };
+        let parent_fd = self.open_dir(parent, &shown)?;
+        let parent_fd = parent_fd.as_fd();
+
+        if name.starts_with(WHITEOUT_PREFIX) {
+            return self.whiteout(parent_fd, name, &shown);
+        }
+
+        match kind {
+            tar::EntryType::Directory => {
+                let existing = stat_at(parent_fd, name);
+                match existing {
+                    Some(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
+                    Some(_) => {
+                        remove_at(parent_fd, name, &shown)?;
+                        mkdir_at(parent_fd, name, &shown)?;
+                    }
+                    None => mkdir_at(parent_fd, name, &shown)?,
+                }
+                let dir = open_beneath(parent_fd, name, true)
+                    .map_err(|e| errno_err(&shown, "opening directory", e))?;
+                self.apply_meta(dir.as_fd(), None, &meta, &shown, true)?;
+                self.dirs.push((comps.join(&b'/'), meta.times));
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                self.replace(parent_fd, name, &shown)?;
+                let size = entry.header().size().unwrap_or(0);
+                self.stats.bytes = self.stats.bytes.saturating_add(size);
+                if self.stats.bytes > self.opts.max_bytes {
+                    return Err(Error::LayerTooLarge {
+                        limit: self.opts.max_bytes,
+                    });
+                }
+                let fd = rustix::fs::openat(
+                    parent_fd,
+                    OsStr::from_bytes(name),
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(|e| errno_err(&shown, "creating file", e))?;
+                let mut file = File::from(fd);
+                copy(&mut entry, &mut file, &mut self.buf)
+                    .map_err(|e| crate::error::from_io(format!("layer entry {shown:?}"), e))?;
+                self.apply_meta(file.as_fd(), None, &meta, &shown, false)?;
+                rustix::fs::futimens(&file, &meta.times)
+                    .map_err(|e| errno_err(&shown, "setting times", e))?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| Error::hostile(&shown, "symlink without a target"))?;
+                self.replace(parent_fd, name, &shown)?;
+                // The target is only data here; it is never followed while unpacking.
+                rustix::fs::symlinkat(
+                    OsStr::from_bytes(&target),
+                    parent_fd,
+                    OsStr::from_bytes(name),
+                )
+                .map_err(|e| errno_err(&shown, "creating symlink", e))?;
+                self.apply_meta(parent_fd, Some(name), &meta, &shown, false)?;
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| Error::hostile(&shown, "hardlink without a target"))?;
+                let tcomps = clean_path(&target).map_err(|r| {
+                    Error::hostile(
+                        &shown,
+                        format!(
+                            "hardlink target {:?}: {r}",
+                            String::from_utf8_lossy(&target)
+                        ),
+                    )
+                })?;
+                let Some((tname, tparent)) = tcomps.split_last() else {
+                    return Err(Error::hostile(&shown, "hardlink to the layer root"));
+                };
+                let tparent_fd = self.open_existing_dir(tparent, &shown)?;
+                if stat_at(tparent_fd.as_fd(), tname).is_none() {
+                    return Err(Error::hostile(
+                        &shown,
+                        format!(
+                            "hardlink target {:?} is not in this layer",
+                            String::from_utf8_lossy(&target)
+                        ),
+                    ));
+                }
+                if tcomps == comps {
+                    return Ok(());
+                }
+                self.replace(parent_fd, name, &shown)?;
+                // No AT_SYMLINK_FOLLOW: a link to a symlink links the symlink itself.
+                rustix::fs::linkat(
+                    tparent_fd.as_fd(),
+                    OsStr::from_bytes(tname),
+                    parent_fd,
+                    OsStr::from_bytes(name),
+                    AtFlags::empty(),
+                )
+                .map_err(|e| errno_err(&shown, "creating hardlink", e))?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                let ftype = match kind {
+                    tar::EntryType::Char => FileType::CharacterDevice,
+                    tar::EntryType::Block => FileType::BlockDevice,
+                    _ => FileType::Fifo,
+                };
+                if ftype != FileType::Fifo && !self.opts.allow_devices {
+                    return Err(Error::hostile(
+                        &shown,
+                        "device nodes can only be unpacked by root",
+                    ));
+                }
+                let major = entry.header().device_major().ok().flatten().unwrap_or(0);
+                let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
+                self.replace(parent_fd, name, &shown)?;
+                rustix::fs::mknodat(
+                    parent_fd,
+                    OsStr::from_bytes(name),
+                    ftype,
+                    Mode::from_raw_mode(0o600),
+                    rustix::fs::makedev(major, minor),
+                )
+                .map_err(|e| errno_err(&shown, "creating device node", e))?;
+                self.apply_meta(parent_fd, Some(name), &meta, &shown, false)?;
+            }
+            other => {
+                return Err(Error::Unsupported {
+                    what: "tar entry type",
+                    value: format!("{other:?} for {shown:?}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>, shown: &str) -> Result<Meta> {
+        let h = entry.header();
+        let bad = |what: &str| Error::hostile(shown, format!("unreadable {what} in header"));
+        let mode = h.mode().map_err(|_| bad("mode"))? & 0o7777;
+        let mut uid = h.uid().map_err(|_| bad("uid"))?;
+        let mut gid = h.gid().map_err(|_| bad("gid"))?;
+        let mtime = h.mtime().map_err(|_| bad("mtime"))?;
+        let mut xattrs = Vec::new();
+        if let Some(exts) = entry
+            .pax_extensions()
+            .map_err(|e| crate::error::from_io("pax header", e))?
+        {
+            for ext in exts {
+                let ext = ext.map_err(|e| crate::error::from_io("pax header", e))?;
+                let key = ext.key().map_err(|_| bad("pax key"))?;
+                if let Some(name) = key.strip_prefix(XATTR_PAX_PREFIX) {
+                    if name.starts_with(OVERLAY_XATTR_PREFIX) {
+                        return Err(Error::hostile(
+                            shown,
+                            format!("sets overlay's private xattr {name:?}"),
+                        ));
+                    }
+                    xattrs.push((name.to_string(), ext.value_bytes().to_vec()));
+                } else if key == "uid" {
+                    uid = parse_num(ext.value_bytes()).ok_or_else(|| bad("pax uid"))?;
+                } else if key == "gid" {
+                    gid = parse_num(ext.value_bytes()).ok_or_else(|| bad("pax gid"))?;
+                }
+            }
+        }
+        let uid = u32::try_from(uid).map_err(|_| bad("uid"))?;
+        let gid = u32::try_from(gid).map_err(|_| bad("gid"))?;
+        let ts = Timespec {
+            tv_sec: mtime.min(i64::MAX as u64) as i64,
+            tv_nsec: 0,
+        };
+        Ok(Meta {
+            mode,
+            uid,
+            gid,
+            times: Timestamps {
+                last_access: ts,
+                last_modification: ts,
+            },
+            xattrs,
+        })
+    }
+
+    /// Owner, then mode (chown clears set-id bits), then xattrs; symlink/device entries are
+    /// addressed by (parent, name) since they cannot be opened for writing.
+    fn apply_meta(
+        &self,
+        fd: BorrowedFd<'_>,
+        name: Option<&[u8]>,
+        meta: &Meta,
+        shown: &str,
+        is_dir: bool,
+    ) -> Result<()> {
+        let owner = self
+            .opts
+            .preserve_owners
+            .then(|| (Uid::from_raw(meta.uid), Gid::from_raw(meta.gid)));
+        match name {
+            None => {
+                if let Some((u, g)) = owner {
+                    rustix::fs::fchown(fd, Some(u), Some(g))
+                        .map_err(|e| errno_err(shown, "chown", e))?;
+                }
+                rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))
+                    .map_err(|e| errno_err(shown, "chmod", e))?;
+                for (k, v) in &meta.xattrs {
+                    rustix::fs::fsetxattr(fd, k.as_str(), v, XattrFlags::empty())
+                        .map_err(|e| errno_err(shown, &format!("setting xattr {k}"), e))?;
+                }
+                let _ = is_dir;
+            }
+            Some(name) => {
+                let n = OsStr::from_bytes(name);
+                if let Some((u, g)) = owner {
+                    rustix::fs::chownat(fd, n, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(|e| errno_err(shown, "chown", e))?;
+                }
+                let st = rustix::fs::statat(fd, n, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| errno_err(shown, "stat", e))?;
+                let is_link = FileType::from_raw_mode(st.st_mode) == FileType::Symlink;
+                if !is_link {
+                    rustix::fs::chmodat(fd, n, Mode::from_raw_mode(meta.mode), AtFlags::empty())
+                        .map_err(|e| errno_err(shown, "chmod", e))?;
+                }
+                if !meta.xattrs.is_empty() {
+                    let proc = proc_path(fd, name);
+                    for (k, v) in &meta.xattrs {
+                        match rustix::fs::lsetxattr(&proc, k.as_str(), v, XattrFlags::empty()) {
+                            // user.* xattrs are not allowed on symlinks; tar tools record them
+                            // anyway. Dropping them is what docker does too.
+                            Err(Errno::PERM) if is_link => {}
+                            r => {
+                                r.map_err(|e| errno_err(shown, &format!("setting xattr {k}"), e))?
+                            }
+                        }
+                    }
+                }
+                rustix::fs::utimensat(fd, n, &meta.times, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| errno_err(shown, "setting times", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn whiteout(&mut self, parent: BorrowedFd<'_>, name: &[u8], shown: &str) -> Result<()> {
+        if name == OPAQUE_MARKER {
+            rustix::fs::fsetxattr(parent, "trusted.overlay.opaque", b"y", XattrFlags::empty())
+                .map_err(|e| errno_err(shown, "marking directory opaque (needs root)", e))?;
+            return Ok(());
+        }
+        if name.starts_with(AUFS_META_PREFIX) {
+            return Ok(()); // aufs bookkeeping (.wh..wh.plnk etc.), meaningless for overlay
+        }
+        let target = &name[WHITEOUT_PREFIX.len()..];
+        if target.is_empty() || target == b"." || target == b".." {
+            return Err(Error::hostile(
+                shown,
+                "whiteout names no file inside its directory",
+            ));
+        }
+        self.replace(parent, target, shown)?;
+        rustix::fs::mknodat(
+            parent,
+            OsStr::from_bytes(target),
+            FileType::CharacterDevice,
+            Mode::empty(),
+            rustix::fs::makedev(0, 0),
+        )
+        .map_err(|e| errno_err(shown, "creating whiteout (needs root)", e))?;
+        Ok(())
+    }
+
+    /// Removes whatever is at `name` so a later entry replaces an earlier one (tar semantics).
+    fn replace(&self, parent: BorrowedFd<'_>, name: &[u8], shown: &str) -> Result<()> {
+        if stat_at(parent, name).is_some() {
+            remove_at(parent, name, shown)?;
+        }
+        Ok(())
+    }
+
+    /// Opens (creating if missing, as tar does) the directory at `comps`, refusing any path
+    /// that resolves outside the root.
+    fn open_dir(&self, comps: &[Vec<u8>], shown: &str) -> Result<OwnedFd> {
+        let mut cur =
+            dup_dir(self.root.as_fd()).map_err(|e| errno_err(shown, "opening root", e))?;
+        for c in comps {
+            let next = match open_beneath_root(self.root.as_fd(), cur.as_fd(), c) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) => {
+                    mkdir_at(cur.as_fd(), c, shown)?;
+                    open_beneath_root(self.root.as_fd(), cur.as_fd(), c)
+                        .map_err(|e| resolve_err(shown, e))?
+                }
+                Err(e) => return Err(resolve_err(shown, e)),
+            };
+            cur = next;
+        }
+        Ok(cur)
+    }
+
+    fn open_existing_dir(&self, comps: &[Vec<u8>], shown: &str) -> Result<OwnedFd> {
+        if comps.is_empty() {
+            return dup_dir(self.root.as_fd()).map_err(|e| errno_err(shown, "opening root", e));
+        }
+        let path = comps.join(&b'/');
+        rustix::fs::openat2(
+            self.root.as_fd(),
+            OsStr::from_bytes(&path),
+            dir_flags(),
+            Mode::empty(),
+            resolve_flags(),
+        )
+        .map_err(|e| resolve_err(shown, e))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        for (path, times) in self.dirs.iter().rev() {
+            let fd = if path.is_empty() {
+                dup_dir(self.root.as_fd())
+            } else {
+                rustix::fs::openat2(
+                    self.root.as_fd(),
+                    OsStr::from_bytes(path),
+                    dir_flags() | OFlags::NOFOLLOW,
+                    Mode::empty(),
+                    resolve_flags(),
+                )
+            };
+            // A directory replaced by a later entry simply keeps the later entry's times.
+            if let Ok(fd) = fd {
+                let _ = rustix::fs::futimens(&fd, times);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits a tar path into components, refusing absolute paths and `..` outright: no
+/// legitimate layer needs them, and accepting them is how tar-slip attacks begin.
+pub fn clean_path(raw: &[u8]) -> std::result::Result<Vec<Vec<u8>>, &'static str> {
+    if raw.first() == Some(&b'/') {
+        return Err("absolute path");
+    }
+    let mut out = Vec::new();
+    for c in raw.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err("path contains '..'"),
+            c => out.push(c.to_vec()),
+        }
+    }
+    Ok(out)
+}
+
+fn dir_flags() -> OFlags {
+    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC
+}
+
+fn resolve_flags() -> ResolveFlags {
+    ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS
+}
+
+fn dup_dir(fd: BorrowedFd<'_>) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(fd, ".", dir_flags(), Mode::empty())
+}
+
+/// One component below `cur`. Symlinks are followed only while they stay beneath the
+/// layer root; `cur` itself is always beneath it. A symlink `a -> ../x` inside `root/d`
+/// resolves relative to `cur`, so it is opened relative to `cur` with RESOLVE_BENEATH of
+/// `cur` first and, when that is refused, retried from the root with the full path.
+fn open_beneath_root(
+    root: BorrowedFd<'_>,
+    cur: BorrowedFd<'_>,
+    name: &[u8],
+) -> rustix::io::Result<OwnedFd> {
+    match rustix::fs::openat2(
+        cur,
+        OsStr::from_bytes(name),
+        dir_flags(),
+        Mode::empty(),
+        resolve_flags(),
+    ) {
+        Err(Errno::XDEV) => {
+            // Re-resolve relative to the root so in-root relative symlinks that climb out of
+            // `cur` still work, while anything leaving the root is refused.
+            let full = fd_path_under(root, cur, name)?;
+            rustix::fs::openat2(
+                root,
+                OsStr::from_bytes(&full),
+                dir_flags(),
+                Mode::empty(),
+                resolve_flags(),
+            )
+        }
+        r => r,
+    }
+}
+
+/// Path of `cur/name` relative to `root`, from /proc (both are our own fds).
+fn fd_path_under(
+    root: BorrowedFd<'_>,
+    cur: BorrowedFd<'_>,
+    name: &[u8],
+) -> rustix::io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let rp = std::fs::read_link(format!("/proc/self/fd/{}", root.as_raw_fd()))
+        .map_err(|_| Errno::XDEV)?;
+    let cp = std::fs::read_link(format!("/proc/self/fd/{}", cur.as_raw_fd()))
+        .map_err(|_| Errno::XDEV)?;
+    let rel = cp.strip_prefix(&rp).map_err(|_| Errno::XDEV)?;
+    let mut out = rel.as_os_str().as_bytes().to_vec();
+    if !out.is_empty() {
+        out.push(b'/');
+    }
+    out.extend_from_slice(name);
+    Ok(out)
+}
+
+fn open_beneath(parent: BorrowedFd<'_>, name: &[u8], dir: bool) -> rustix::io::Result<OwnedFd> {
+    let flags = if dir {
+        dir_flags()
+    } else {
+        OFlags::RDONLY | OFlags::CLOEXEC
+    };
+    rustix::fs::openat(
+        parent,
+        OsStr::from_bytes(name),
+        flags | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+}
+
+fn stat_at(parent: BorrowedFd<'_>, name: &[u8]) -> Option<rustix::fs::Stat> {
+    rustix::fs::statat(parent, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW).ok()
+}
+
+fn mkdir_at(parent: BorrowedFd<'_>, name: &[u8], shown: &str) -> Result<()> {
+    match rustix::fs::mkdirat(parent, OsStr::from_bytes(name), Mode::from_raw_mode(0o755)) {
+        Ok(()) | Err(Errno::EXIST) => Ok(()),
+        Err(e) => Err(errno_err(shown, "creating directory", e)),
+    }
+}
+
+fn remove_at(parent: BorrowedFd<'_>, name: &[u8], shown: &str) -> Result<()> {
+    let n = OsStr::from_bytes(name);
+    match rustix::fs::unlinkat(parent, n, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(Errno::ISDIR) => {
+            // std's remove_dir_all never follows symlinks inside the tree.
+            let p = proc_path(parent, name);
+            std::fs::remove_dir_all(&p)
+                .map_err(|e| Error::ctx(format!("layer entry {shown:?}: replacing directory"), e))
+        }
+        Err(e) => Err(errno_err(shown, "removing existing entry", e)),
+    }
+}
+
+fn proc_path(fd: BorrowedFd<'_>, name: &[u8]) -> std::path::PathBuf {
+    use std::os::fd::AsRawFd;
+    let mut p = format!("/proc/self/fd/{}/", fd.as_raw_fd()).into_bytes();
+    p.extend_from_slice(name);
+    std::path::PathBuf::from(OsStr::from_bytes(&p))
+}
+
+fn parse_num(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v).ok()?.trim().parse().ok()
+}
+
+fn copy(r: &mut impl Read, w: &mut impl Write, buf: &mut [u8]) -> io::Result<u64> {
+    let mut total = 0;
+    loop {
+        let n = match r.read(buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
+fn resolve_err(shown: &str, e: Errno) -> Error {
+    match e {
+        Errno::XDEV => Error::hostile(
+            shown,
+            "path resolves outside the layer root (through a symlink)",
+        ),
+        Errno::LOOP => Error::hostile(shown, "too many levels of symlinks in the path"),
+        Errno::NOTDIR => Error::hostile(shown, "a parent of this path is not a directory"),
+        e => errno_err(shown, "resolving parent directory", e),
+    }
+}
+
+fn errno_err(shown: &str, what: &str, e: Errno) -> Error {
+    Error::ctx(format!("layer entry {shown:?}: {what}"), e.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_path_refuses_escapes() {
+        assert_eq!(
+            clean_path(b"./a//b/.").unwrap(),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
+        assert!(clean_path(b"/etc/passwd").is_err());
+        assert!(clean_path(b"a/../../b").is_err());
+        assert!(clean_path(b"..").is_err());
+        assert!(clean_path(b"./").unwrap().is_empty());
+    }
+}
