@@ -8,6 +8,7 @@ pub mod error;
 pub mod layer;
 pub mod manifest;
 pub mod reference;
+pub mod registry;
 pub mod snapshots;
 pub mod store;
 pub mod unpack;

@@ -37,7 +37,9 @@ pub enum ImageCommand {
     Push(super::registry::PushArgs),
 }
 
-pub fn run(cmd: ImageCommand, store: &Store) -> Result<ExitCode> {
+pub fn run(cmd: ImageCommand, store: Store) -> Result<ExitCode> {
+    let store_owned = store;
+    let store = &store_owned;
     match cmd {
         ImageCommand::Ls(a) => list(a, store),
         ImageCommand::Inspect(a) => inspect(a, store),
@@ -46,8 +48,8 @@ pub fn run(cmd: ImageCommand, store: &Store) -> Result<ExitCode> {
         ImageCommand::Import(a) => import(a, store),
         ImageCommand::History(a) => history(a, store),
         ImageCommand::Prune(a) => prune(a, store),
-        ImageCommand::Pull(a) => super::registry::pull(a, store),
-        ImageCommand::Push(a) => super::registry::push(a, store),
+        ImageCommand::Pull(a) => super::registry::pull(a, store_owned),
+        ImageCommand::Push(a) => super::registry::push(a, store_owned),
     }
 }
 

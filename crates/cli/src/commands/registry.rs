@@ -1,10 +1,47 @@
 //! Registry commands: `pull`, `push`, `login`, `logout`.
 
+use std::collections::HashMap;
+use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use vessel_image::manifest::Platform;
+use vessel_image::reference::familiar;
+use vessel_image::registry::auth;
+use vessel_image::registry::pull::{self, Progress, PullEvent, PullOptions};
+use vessel_image::registry::{Client, Credentials, RegistryOptions};
 use vessel_image::store::Store;
+use vessel_image::{Digest, Reference};
+
+#[derive(Args, Debug, Clone)]
+pub struct RegistryArgs {
+    /// Require HTTPS and verify certificates when contacting registries
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    tls_verify: bool,
+    /// Path of the authentication file (default: docker's config.json)
+    #[arg(long, env = "REGISTRY_AUTH_FILE")]
+    authfile: Option<std::path::PathBuf>,
+}
+
+impl RegistryArgs {
+    fn options(&self) -> RegistryOptions {
+        RegistryOptions {
+            tls_verify: self.tls_verify,
+            auth_file: self.authfile.clone(),
+            ..RegistryOptions::default()
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
 
 #[derive(Args, Debug)]
 pub struct PullArgs {
@@ -17,14 +54,150 @@ pub struct PullArgs {
     /// Set platform if server is multi-platform capable
     #[arg(long)]
     platform: Option<String>,
-    /// Require HTTPS and verify certificates when contacting registries
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    tls_verify: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
     name: String,
 }
 
-pub fn pull(_a: PullArgs, _store: &Store) -> Result<ExitCode> {
-    bail!("pull is not implemented yet")
+/// docker-style per-layer lines: bars on a terminal, one line per finished layer otherwise.
+struct Bars {
+    multi: MultiProgress,
+    bars: Mutex<HashMap<Digest, ProgressBar>>,
+    tty: bool,
+    quiet: bool,
+}
+
+impl Bars {
+    fn new(quiet: bool) -> Self {
+        let tty = std::io::stdout().is_terminal() && !quiet;
+        let multi = MultiProgress::with_draw_target(if tty {
+            ProgressDrawTarget::stdout()
+        } else {
+            ProgressDrawTarget::hidden()
+        });
+        Bars {
+            multi,
+            bars: Mutex::new(HashMap::new()),
+            tty,
+            quiet,
+        }
+    }
+
+    fn line(&self, s: String) {
+        if self.quiet {
+            return;
+        }
+        if self.tty {
+            let _ = self.multi.println(s);
+        } else {
+            println!("{s}");
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn event(&self, e: PullEvent) {
+        let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
+        match e {
+            PullEvent::Resolved { reference } => {
+                let what = reference
+                    .tag()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| reference.manifest_reference());
+                self.line(format!("{what}: Pulling from {}", reference.path()));
+            }
+            PullEvent::LayerExists { digest } => {
+                self.line(format!("{}: Already exists", digest.short()))
+            }
+            PullEvent::LayerStart { digest, size } => {
+                if self.tty {
+                    let pb = self.multi.add(ProgressBar::new(size));
+                    pb.set_style(
+                        ProgressStyle::with_template(
+                            "{prefix}: {msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                    );
+                    pb.set_prefix(digest.short().to_string());
+                    pb.set_message("Downloading");
+                    pb.enable_steady_tick(Duration::from_millis(200));
+                    bars.insert(digest, pb);
+                }
+            }
+            PullEvent::LayerProgress { digest, done, .. } => {
+                if let Some(pb) = bars.get(&digest) {
+                    pb.set_position(done);
+                }
+            }
+            PullEvent::LayerDone { digest } => {
+                if let Some(pb) = bars.remove(&digest) {
+                    pb.finish_and_clear();
+                }
+                self.line(format!("{}: Pull complete", digest.short()));
+            }
+            PullEvent::Done { .. } => {}
+        }
+    }
+}
+
+pub fn pull(a: PullArgs, store: Store) -> Result<ExitCode> {
+    let store = Arc::new(store);
+    let reference = Reference::parse(&a.name)?;
+    let platform = a.platform.as_deref().map(Platform::parse).transpose()?;
+    let opts = PullOptions {
+        registry: a.registry.options(),
+        platform,
+        ..PullOptions::default()
+    };
+    let explicit_tag = a
+        .name
+        .rsplit_once(':')
+        .is_some_and(|(_, t)| !t.contains('/'))
+        || a.name.contains('@');
+    let rt = runtime()?;
+    let refs: Vec<Reference> = if a.all_tags {
+        if reference.digest().is_some() || explicit_tag {
+            bail!("tag can't be used with --all-tags/-a");
+        }
+        let tags = rt.block_on(async {
+            let c = Client::connect(
+                reference.registry_host(),
+                reference.path(),
+                false,
+                &opts.registry,
+            )
+            .await?;
+            c.tags().await
+        })?;
+        tags.iter()
+            .map(|t| reference.with_tag(t))
+            .collect::<vessel_image::Result<_>>()?
+    } else {
+        if !explicit_tag && !a.quiet {
+            println!("Using default tag: latest");
+        }
+        vec![reference]
+    };
+    for r in refs {
+        let bars = Arc::new(Bars::new(a.quiet));
+        let res = rt.block_on(pull::pull(store.clone(), &r, &opts, bars.clone()))?;
+        let shown = match (r.tag(), r.digest()) {
+            (_, Some(d)) => format!("{}@{d}", r.familiar_repository()),
+            (Some(t), None) => format!("{}:{t}", r.familiar_repository()),
+            _ => r.familiar_repository(),
+        };
+        if !a.quiet {
+            println!("Digest: {}", res.digest);
+            if res.fresh {
+                println!("Status: Downloaded newer image for {shown}");
+            } else {
+                println!("Status: Image is up to date for {shown}");
+            }
+        }
+        println!("{r}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args, Debug)]
@@ -32,33 +205,99 @@ pub struct PushArgs {
     /// Suppress verbose output
     #[arg(short, long)]
     quiet: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
     name: String,
 }
 
-pub fn push(_a: PushArgs, _store: &Store) -> Result<ExitCode> {
+pub fn push(_a: PushArgs, _store: Store) -> Result<ExitCode> {
     bail!("push is not implemented yet")
 }
 
 #[derive(Args, Debug)]
 pub struct LoginArgs {
+    /// Username
     #[arg(short, long)]
     username: Option<String>,
+    /// Password
     #[arg(short, long)]
     password: Option<String>,
+    /// Take the password from stdin
     #[arg(long)]
     password_stdin: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Registry (default: Docker Hub)
     server: Option<String>,
 }
 
-pub fn login(_a: LoginArgs) -> Result<ExitCode> {
-    bail!("login is not implemented yet")
+fn server_host(s: Option<&str>) -> String {
+    let s = s.unwrap_or("docker.io");
+    let s = s
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    let s = s.split('/').next().unwrap_or(s);
+    match s {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io".into(),
+        s => s.to_string(),
+    }
+}
+
+pub fn login(a: LoginArgs) -> Result<ExitCode> {
+    let host = server_host(a.server.as_deref());
+    let username = a
+        .username
+        .clone()
+        .context("username is required (-u); interactive login is not supported")?;
+    let password = if a.password_stdin {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s.trim_end_matches(['\n', '\r']).to_string()
+    } else {
+        a.password
+            .clone()
+            .context("password is required (-p or --password-stdin)")?
+    };
+    if a.password.is_some() {
+        eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
+    }
+    let creds = Credentials { username, password };
+    let mut opts = a.registry.options();
+    opts.credentials = Some(creds.clone());
+    let api_host = if host == "docker.io" {
+        "registry-1.docker.io".to_string()
+    } else {
+        host.clone()
+    };
+    // Credentials are checked against the registry before they are saved.
+    runtime()?
+        .block_on(async {
+            Client::connect(&api_host, "vessel-login-check", false, &opts)
+                .await
+                .map(|_| ())
+        })
+        .with_context(|| format!("login to {host} failed"))?;
+    let path = a.registry.authfile.clone().unwrap_or_else(auth::auth_file);
+    auth::store(&path, &host, Some(&creds))?;
+    println!("Login Succeeded");
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args, Debug)]
 pub struct LogoutArgs {
+    /// Path of the authentication file
+    #[arg(long, env = "REGISTRY_AUTH_FILE")]
+    authfile: Option<std::path::PathBuf>,
     server: Option<String>,
 }
 
-pub fn logout(_a: LogoutArgs) -> Result<ExitCode> {
-    bail!("logout is not implemented yet")
+pub fn logout(a: LogoutArgs) -> Result<ExitCode> {
+    let host = server_host(a.server.as_deref());
+    let path = a.authfile.clone().unwrap_or_else(auth::auth_file);
+    if auth::store(&path, &host, None)? {
+        println!("Removing login credentials for {}", familiar(&host));
+    } else {
+        println!("Not logged in to {host}");
+    }
+    Ok(ExitCode::SUCCESS)
 }

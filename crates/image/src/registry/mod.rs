@@ -1,0 +1,8 @@
+//! The registry side: HTTP client with auth, and the pull/push flows on top of it.
+
+pub mod auth;
+pub mod client;
+pub mod pull;
+
+pub use auth::Credentials;
+pub use client::{Client, RegistryOptions};
