@@ -272,10 +272,17 @@ impl Unpacker {
     fn meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>, shown: &str) -> Result<Meta> {
         let h = entry.header();
         let bad = |what: &str| Error::hostile(shown, format!("unreadable {what} in header"));
-        let mode = h.mode().map_err(|_| bad("mode"))? & 0o7777;
-        let mut uid = h.uid().map_err(|_| bad("uid"))?;
-        let mut gid = h.gid().map_err(|_| bad("gid"))?;
-        let mtime = h.mtime().map_err(|_| bad("mtime"))?;
+        let old = h.as_old();
+        // Empty numeric fields mean 0 (as Go's archive/tar reads them); garbage is refused.
+        let num = |v: std::io::Result<u64>, raw: &[u8], what: &str| match v {
+            Ok(n) => Ok(n),
+            Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+            Err(_) => Err(bad(what)),
+        };
+        let mode = num(h.mode().map(u64::from), &old.mode, "mode")? as u32 & 0o7777;
+        let mut uid = num(h.uid(), &old.uid, "uid")?;
+        let mut gid = num(h.gid(), &old.gid, "gid")?;
+        let mtime = num(h.mtime(), &old.mtime, "mtime")?;
         let mut xattrs = Vec::new();
         if let Some(exts) = entry
             .pax_extensions()

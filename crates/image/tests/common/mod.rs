@@ -2,6 +2,10 @@
 //! the hostile archives that its safe builder refuses to write.
 #![allow(dead_code)]
 
+pub mod fake;
+pub mod oci;
+pub mod registry;
+
 use tar::{EntryType, Header};
 
 #[derive(Default)]

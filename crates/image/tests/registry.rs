@@ -1,0 +1,469 @@
+//! Pulls against real registries on 127.0.0.1: the Debian docker-registry (plain HTTP, TLS
+//! with a self-signed cert, htpasswd Basic auth) fed by skopeo, and a scripted fake for token
+//! auth and for registries that lie.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use common::fake::{Content, Fake, Req, Resp};
+use common::oci::{busybox_rootfs, write_layout};
+use common::registry::{Registry, RegistryConfig};
+use common::{tree, RawTar};
+use vessel_image::registry::auth::{self, Credentials};
+use vessel_image::registry::pull::{self, NoProgress, PullOptions, PullResult};
+use vessel_image::store::Store;
+use vessel_image::{Error, Reference};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+fn do_pull(store: &Arc<Store>, reference: &str, opts: &PullOptions) -> Result<PullResult, Error> {
+    let r = Reference::parse(reference)?;
+    rt().block_on(pull::pull(store.clone(), &r, opts, Arc::new(NoProgress)))
+}
+
+fn opts_with_authfile(dir: &Path) -> PullOptions {
+    let mut o = PullOptions::default();
+    o.registry.auth_file = Some(dir.join("auth.json"));
+    o.registry.max_attempts = 3;
+    o
+}
+
+fn two_layers() -> Vec<Vec<u8>> {
+    let base = busybox_rootfs();
+    let mut top = RawTar::new();
+    top.dir("etc/")
+        .file("etc/.wh.gone", b"")
+        .file("etc/motd", b"hello from layer 2\n");
+    vec![base, top.finish()]
+}
+
+fn skopeo_push(layout: &Path, dest: &str, extra: &[&str]) {
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .args(extra)
+        .arg(format!("oci:{}:latest", layout.display()))
+        .arg(format!("docker://{dest}"))
+        .output()
+        .expect("skopeo installed");
+    assert!(
+        out.status.success(),
+        "skopeo copy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn assert_store_has_no_partials(root: &Path) {
+    assert!(tree(&root.join("blobs/tmp")).is_empty(), "temp blobs left");
+    let snaps: Vec<String> = tree(&root.join("snapshots"))
+        .into_iter()
+        .filter(|p| p.starts_with(".tmp") || p.starts_with(".trash"))
+        .collect();
+    assert!(snaps.is_empty(), "temp snapshots left: {snaps:?}");
+}
+
+fn check_pulled(store: &Store, reference: &str) {
+    let layers = store.layer_paths(reference).unwrap();
+    assert_eq!(layers.len(), 2);
+    assert!(layers[0].join("bin/busybox").is_file());
+    assert_eq!(
+        std::fs::read_link(layers[0].join("bin/sh")).unwrap(),
+        Path::new("busybox")
+    );
+    assert_eq!(
+        std::fs::read(layers[1].join("etc/motd")).unwrap(),
+        b"hello from layer 2\n"
+    );
+    if rustix::process::geteuid().is_root() {
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(layers[1].join("etc/gone"))
+            .unwrap()
+            .file_type()
+            .is_char_device());
+    }
+}
+
+#[test]
+fn pulls_an_image_pushed_by_skopeo() {
+    if !Registry::available() {
+        eprintln!("skipping: {} not installed", common::registry::BINARY);
+        return;
+    }
+    let reg = Registry::start(RegistryConfig::default());
+    let work = tempfile::tempdir().unwrap();
+    let built = write_layout(&work.path().join("oci"), "latest", &two_layers(), &["sh"]);
+    skopeo_push(
+        &work.path().join("oci"),
+        &format!("{}/vesseltest/bb:v1", reg.host()),
+        &[],
+    );
+
+    let root = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(root.path()).unwrap());
+    let name = format!("{}/vesseltest/bb:v1", reg.host());
+    let res = do_pull(&store, &name, &opts_with_authfile(work.path())).unwrap();
+    assert!(res.fresh);
+    assert_eq!(
+        res.digest.as_str(),
+        built.manifest_digest,
+        "skopeo kept the manifest byte for byte"
+    );
+    assert_eq!(res.id.as_str(), built.config_digest);
+    check_pulled(&store, &name);
+    let inspect = store.inspect(&name).unwrap();
+    assert_eq!(
+        inspect["RepoDigests"][0],
+        format!("{}/vesseltest/bb@{}", reg.host(), built.manifest_digest)
+    );
+    assert_eq!(inspect["Config"]["Cmd"][0], "sh");
+
+    // Warm pull: nothing downloaded.
+    let before = tree(root.path());
+    let res2 = do_pull(&store, &name, &opts_with_authfile(work.path())).unwrap();
+    assert!(!res2.fresh);
+    assert_eq!(tree(root.path()), before);
+
+    // By digest too, and rmi of every name empties the store.
+    do_pull(
+        &store,
+        &format!("{}/vesseltest/bb@{}", reg.host(), built.manifest_digest),
+        &opts_with_authfile(work.path()),
+    )
+    .unwrap();
+    store.remove(&name, false).unwrap();
+    assert!(
+        store.images().unwrap().is_empty(),
+        "last tag removed the image"
+    );
+    assert!(tree(&root.path().join("blobs/sha256")).is_empty());
+    assert!(tree(&root.path().join("snapshots")).is_empty());
+}
+
+#[test]
+fn pulls_over_tls_with_a_self_signed_cert() {
+    if !Registry::available() {
+        return;
+    }
+    let reg = Registry::start(RegistryConfig {
+        tls: true,
+        ..Default::default()
+    });
+    let work = tempfile::tempdir().unwrap();
+    write_layout(&work.path().join("oci"), "latest", &two_layers(), &["sh"]);
+    let name = format!("{}/vesseltest/tls:latest", reg.host());
+    skopeo_push(&work.path().join("oci"), &name, &[]);
+    let root = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(root.path()).unwrap());
+    let mut o = opts_with_authfile(work.path());
+    o.registry.tls_verify = false;
+    do_pull(&store, &name, &o).unwrap();
+    check_pulled(&store, &name);
+}
+
+#[test]
+fn basic_auth_with_credentials_from_the_auth_file() {
+    if !Registry::available() {
+        return;
+    }
+    let reg = Registry::start(RegistryConfig {
+        htpasswd: Some(("vessel".into(), "s3cret".into())),
+        ..Default::default()
+    });
+    let work = tempfile::tempdir().unwrap();
+    write_layout(&work.path().join("oci"), "latest", &two_layers(), &["sh"]);
+    let name = format!("{}/vesseltest/auth:latest", reg.host());
+    skopeo_push(
+        &work.path().join("oci"),
+        &name,
+        &["--dest-creds", "vessel:s3cret"],
+    );
+
+    let root = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(root.path()).unwrap());
+    let o = opts_with_authfile(work.path());
+    let e = do_pull(&store, &name, &o).unwrap_err();
+    assert!(matches!(e, Error::Unauthorized { .. }), "{e}");
+
+    let authfile = work.path().join("auth.json");
+    auth::store(
+        &authfile,
+        &reg.host(),
+        Some(&Credentials {
+            username: "vessel".into(),
+            password: "wrong".into(),
+        }),
+    )
+    .unwrap();
+    let e = do_pull(&store, &name, &o).unwrap_err();
+    assert!(
+        e.to_string().contains("incorrect username or password"),
+        "{e}"
+    );
+
+    auth::store(
+        &authfile,
+        &reg.host(),
+        Some(&Credentials {
+            username: "vessel".into(),
+            password: "s3cret".into(),
+        }),
+    )
+    .unwrap();
+    do_pull(&store, &name, &o).unwrap();
+    check_pulled(&store, &name);
+    assert_store_has_no_partials(root.path());
+}
+
+/// A fake registry serving `content` for `vesseltest/app`, through `mutate`.
+fn fake(content: Content, mutate: impl Fn(&Req, Resp) -> Resp + Send + Sync + 'static) -> Fake {
+    Fake::start(Arc::new(move |req: &Req| {
+        mutate(req, content.answer("vesseltest/app", req))
+    }))
+}
+
+fn fake_content() -> (tempfile::TempDir, Content, common::oci::Built) {
+    let work = tempfile::tempdir().unwrap();
+    let built = write_layout(&work.path().join("oci"), "latest", &two_layers(), &["sh"]);
+    let c = Content::from_layout(&work.path().join("oci"), "latest");
+    (work, c, built)
+}
+
+#[test]
+fn bearer_token_auth_with_scopes() {
+    let (work, content, _) = fake_content();
+    let port_cell = Arc::new(std::sync::OnceLock::<u16>::new());
+    let pc = port_cell.clone();
+    let reg = Fake::start(Arc::new(move |req: &Req| {
+        let port = *pc.get().unwrap();
+        if req.path == "/token" {
+            let basic = format!("Basic {}", base64_of("vessel:tok"));
+            if req.headers.get("authorization") != Some(&basic) {
+                return Resp::new(401, "{}");
+            }
+            return Resp::new(200, r#"{"token":"good-token","expires_in":300}"#);
+        }
+        if req.headers.get("authorization").map(String::as_str) != Some("Bearer good-token") {
+            return Resp::new(401, r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#).header(
+                "WWW-Authenticate",
+                &format!(r#"Bearer realm="http://127.0.0.1:{port}/token",service="vesseltest",scope="repository:vesseltest/app:pull""#),
+            );
+        }
+        content.answer("vesseltest/app", req)
+    }));
+    port_cell.set(reg.port).unwrap();
+    let authfile = work.path().join("auth.json");
+    auth::store(
+        &authfile,
+        &reg.host(),
+        Some(&Credentials {
+            username: "vessel".into(),
+            password: "tok".into(),
+        }),
+    )
+    .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(root.path()).unwrap());
+    let name = format!("{}/vesseltest/app:latest", reg.host());
+    do_pull(&store, &name, &opts_with_authfile(work.path())).unwrap();
+    check_pulled(&store, &name);
+    let token_req = reg
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/token")
+        .unwrap();
+    assert!(
+        token_req
+            .query
+            .contains("scope=repository%3Avesseltest%2Fapp%3Apull"),
+        "{}",
+        token_req.query
+    );
+    assert!(
+        token_req.query.contains("service=vesseltest"),
+        "{}",
+        token_req.query
+    );
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[test]
+fn lying_registries_are_refused_and_leave_no_partial_content() {
+    let (work, content, built) = fake_content();
+    let layer0 = built.layer_digests[0].clone();
+    let layer1 = built.layer_digests[1].clone();
+    let cfg = built.config_digest.clone();
+    type Mutation = Box<dyn Fn(&Req, Resp) -> Resp + Send + Sync>;
+    let other_port = common::registry::free_port();
+    let cases: Vec<(&str, Mutation, &str)> = vec![
+        (
+            "manifest digest header lies",
+            Box::new(|req: &Req, r: Resp| {
+                if req.path.contains("/manifests/") {
+                    let mut r = r;
+                    r.headers.retain(|(k, _)| k != "Docker-Content-Digest");
+                    return r.header(
+                        "Docker-Content-Digest",
+                        &format!("sha256:{}", "ab".repeat(32)),
+                    );
+                }
+                r
+            }),
+            "digest mismatch",
+        ),
+        (
+            "malformed manifest",
+            Box::new(|req: &Req, r: Resp| {
+                if req.path.contains("/manifests/") {
+                    return Resp::new(200, b"{\"schemaVersion\":2,\"config\":".to_vec())
+                        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json");
+                }
+                r
+            }),
+            "malformed manifest",
+        ),
+        (
+            "malformed config",
+            {
+                let cfg = cfg.clone();
+                Box::new(move |req: &Req, r: Resp| {
+                    if req.path.ends_with(&cfg) {
+                        return Resp::new(200, vec![b'{'; r.body.len()]);
+                    }
+                    r
+                })
+            },
+            "digest mismatch",
+        ),
+        (
+            "layer longer than its descriptor",
+            {
+                let l = layer1.clone();
+                Box::new(move |req: &Req, mut r: Resp| {
+                    if req.path.ends_with(&l) {
+                        r.body.extend_from_slice(b"trailing junk");
+                    }
+                    r
+                })
+            },
+            "size mismatch",
+        ),
+        (
+            "layer shorter than its descriptor",
+            {
+                let l = layer0.clone();
+                Box::new(move |req: &Req, mut r: Resp| {
+                    if req.path.ends_with(&l) {
+                        let n = r.body.len() / 2;
+                        r.body.truncate(n);
+                    }
+                    r
+                })
+            },
+            "size mismatch",
+        ),
+        (
+            "layer bytes changed",
+            {
+                let l = layer1.clone();
+                Box::new(move |req: &Req, mut r: Resp| {
+                    if req.path.ends_with(&l) {
+                        let n = r.body.len();
+                        r.body[n - 5] ^= 0xff;
+                    }
+                    r
+                })
+            },
+            "",
+        ),
+        (
+            "redirect to another host",
+            {
+                let l = layer0.clone();
+                Box::new(move |req: &Req, r: Resp| {
+                    if req.path.ends_with(&l) {
+                        return Resp::new(307, Vec::new())
+                            .header("Location", &format!("http://127.0.0.2:{other_port}/evil"));
+                    }
+                    r
+                })
+            },
+            "redirect",
+        ),
+    ];
+    for (what, mutate, needle) in cases {
+        let reg = fake(content.clone(), mutate);
+        let root = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(root.path()).unwrap());
+        let mut o = opts_with_authfile(work.path());
+        o.registry.max_attempts = 1;
+        let e =
+            do_pull(&store, &format!("{}/vesseltest/app:latest", reg.host()), &o).expect_err(what);
+        let msg = format!("{e}");
+        assert!(
+            msg.contains(needle),
+            "{what}: error {msg:?} does not mention {needle:?}"
+        );
+        assert!(store.images().unwrap().is_empty(), "{what}: image recorded");
+        assert_store_has_no_partials(root.path());
+        for l in [&layer0, &layer1] {
+            let hex = l.trim_start_matches("sha256:");
+            if what.contains("layer") || what.contains("redirect") {
+                // the bad layer never gets a name in the store
+                let bad = if what.contains("shorter") || what.contains("redirect") {
+                    &layer0
+                } else {
+                    &layer1
+                };
+                if l == bad {
+                    assert!(
+                        !root.path().join("blobs/sha256").join(hex).exists(),
+                        "{what}: bad blob stored"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn pulls_through_5xx_and_dropped_connections() {
+    let (work, content, built) = fake_content();
+    let layer = built.layer_digests[0].clone();
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    let reg = fake(content, move |req: &Req, mut r: Resp| {
+        if req.path.ends_with(&layer) {
+            match h.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => return Resp::new(503, "busy"),
+                1 => {
+                    r.cut_after = Some(r.body.len() / 3);
+                    return r;
+                }
+                _ => {}
+            }
+        }
+        r
+    });
+    let root = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(root.path()).unwrap());
+    let name = format!("{}/vesseltest/app:latest", reg.host());
+    do_pull(&store, &name, &opts_with_authfile(work.path())).unwrap();
+    check_pulled(&store, &name);
+    let ranged = reg
+        .requests()
+        .into_iter()
+        .filter(|r| r.headers.contains_key("range"))
+        .count();
+    assert_eq!(
+        ranged, 1,
+        "the dropped download resumed with a Range request"
+    );
+}
