@@ -98,69 +98,66 @@ fn serve(conn: TcpStream, handler: Handler, log: Arc<Mutex<Vec<Req>>>) {
     let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut out = conn;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or("").to_string();
-        let target = parts.next().unwrap_or("").to_string();
-        let (path, query) = target
-            .split_once('?')
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .unwrap_or((target, String::new()));
-        let mut headers = HashMap::new();
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-            }
-        }
-        let len: usize = headers
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let req = Req {
-            method: method.clone(),
-            path,
-            query,
-            headers,
-        };
-        log.lock().unwrap().push(req.clone());
-        let resp = handler(&req);
-        let mut head = format!(
-            "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n",
-            resp.status,
-            resp.body.len()
-        );
-        for (k, v) in &resp.headers {
-            head += &format!("{k}: {v}\r\n");
-        }
-        head += "\r\n";
-        let _ = out.write_all(head.as_bytes());
-        if method != "HEAD" {
-            let n = resp
-                .cut_after
-                .unwrap_or(resp.body.len())
-                .min(resp.body.len());
-            let _ = out.write_all(&resp.body[..n]);
-        }
-        let _ = out.flush();
-        let _ = out.shutdown(std::net::Shutdown::Both);
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
         return;
     }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let target = parts.next().unwrap_or("").to_string();
+    let (path, query) = target
+        .split_once('?')
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .unwrap_or((target, String::new()));
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+            return;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let req = Req {
+        method: method.clone(),
+        path,
+        query,
+        headers,
+    };
+    log.lock().unwrap().push(req.clone());
+    let resp = handler(&req);
+    let mut head = format!(
+        "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+        resp.status,
+        resp.body.len()
+    );
+    for (k, v) in &resp.headers {
+        head += &format!("{k}: {v}\r\n");
+    }
+    head += "\r\n";
+    let _ = out.write_all(head.as_bytes());
+    if method != "HEAD" {
+        let n = resp
+            .cut_after
+            .unwrap_or(resp.body.len())
+            .min(resp.body.len());
+        let _ = out.write_all(&resp.body[..n]);
+    }
+    let _ = out.flush();
+    let _ = out.shutdown(std::net::Shutdown::Both);
 }
 
 /// The content a fake registry serves for one repository.
