@@ -78,6 +78,8 @@ pub struct LayerOutput {
     pub blob: Digest,
     pub blob_size: u64,
     pub diff_id: Digest,
+    /// Bytes of the uncompressed tar.
+    pub diff_size: u64,
     pub compression: Compression,
     pub stats: UnpackStats,
 }
@@ -101,7 +103,7 @@ pub fn unpack_layer(
         limit,
         what.clone(),
     );
-    let (compression, diff_id, stats, diff_sink) = {
+    let (compression, diff_id, diff_size, stats, diff_sink) = {
         let (compression, decoded) = decompress(BufReader::with_capacity(256 * 1024, &mut outer))?;
         let mut inner = HashingReader::new(
             Tee {
@@ -112,10 +114,10 @@ pub fn unpack_layer(
             what.clone(),
         );
         let stats = unpack::unpack(&mut inner, snap.fs_path(), opts)?;
-        let (diff_id, _, tee) = inner
+        let (diff_id, diff_size, tee) = inner
             .finish_into_inner()
             .map_err(|e| from_io(format!("{what}: reading"), e))?;
-        (compression, diff_id, stats, tee.sink)
+        (compression, diff_id, diff_size, stats, tee.sink)
     };
     let (blob, blob_size, tee) = outer
         .finish_into_inner()
@@ -157,6 +159,7 @@ pub fn unpack_layer(
         blob,
         blob_size,
         diff_id,
+        diff_size,
         compression,
         stats,
     })

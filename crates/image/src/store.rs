@@ -190,7 +190,7 @@ impl Store {
         let layer_desc = Descriptor {
             media_type: manifest::OCI_LAYER.into(),
             digest: diff_id.clone(),
-            size: out.stats_blob_size(),
+            size: out.diff_size,
             platform: None,
             annotations: None,
             urls: None,
@@ -625,12 +625,6 @@ impl Store {
             .iter()
             .map(|l| self.snapshots.fs_path(&l.chain_id))
             .collect())
-    }
-}
-
-impl layer::LayerOutput {
-    fn stats_blob_size(&self) -> u64 {
-        self.blob_size
     }
 }
 

@@ -467,3 +467,137 @@ fn pulls_through_5xx_and_dropped_connections() {
         "the dropped download resumed with a Range request"
     );
 }
+
+struct Events(std::sync::Mutex<Vec<String>>);
+impl vessel_image::registry::push::PushProgress for Events {
+    fn event(&self, e: vessel_image::registry::push::PushEvent) {
+        self.0.lock().unwrap().push(format!("{e:?}"));
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    common::oci::hex_of(data)
+}
+
+#[test]
+fn pushed_images_are_byte_identical_for_skopeo_and_vessel() {
+    if !Registry::available() {
+        return;
+    }
+    let reg = Registry::start(RegistryConfig::default());
+    let root = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(root.path()).unwrap());
+    let name = format!("{}/vesseltest/pushed:v1", reg.host());
+    let opts = vessel_image::registry::RegistryOptions::default();
+    let imp = vessel_image::store::ImportOptions {
+        reference: Some(Reference::parse(&name).unwrap()),
+        changes: vec!["CMD [\"sh\"]".into()],
+        ..Default::default()
+    };
+    store.import(&busybox_rootfs()[..], &imp).unwrap();
+    let ev = Arc::new(Events(Default::default()));
+    let digest = rt()
+        .block_on(vessel_image::registry::push::push(
+            store.clone(),
+            &name,
+            &Reference::parse(&name).unwrap(),
+            &opts,
+            ev.clone(),
+        ))
+        .unwrap();
+    assert!(ev
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| e.starts_with("BlobPushed")));
+
+    // skopeo sees exactly our manifest bytes, and its copy of every blob matches.
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{name}"))
+        .output()
+        .unwrap();
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(&raw.stdout)),
+        digest.to_string()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .arg(format!("docker://{name}"))
+        .arg(format!("dir:{}", dir.path().join("d").display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copied = std::fs::read(dir.path().join("d/manifest.json")).unwrap();
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(&copied)),
+        digest.to_string()
+    );
+    let m: serde_json::Value = serde_json::from_slice(&copied).unwrap();
+    for l in m["layers"].as_array().unwrap() {
+        let d = l["digest"].as_str().unwrap().trim_start_matches("sha256:");
+        assert_eq!(
+            sha256_hex(&std::fs::read(dir.path().join("d").join(d)).unwrap()),
+            d
+        );
+    }
+
+    // Pushing again finds everything there; another repository mounts instead of uploading.
+    let ev = Arc::new(Events(Default::default()));
+    rt().block_on(vessel_image::registry::push::push(
+        store.clone(),
+        &name,
+        &Reference::parse(&name).unwrap(),
+        &opts,
+        ev.clone(),
+    ))
+    .unwrap();
+    assert!(
+        ev.0.lock()
+            .unwrap()
+            .iter()
+            .all(|e| !e.starts_with("BlobPushed")),
+        "{:?}",
+        ev.0.lock().unwrap()
+    );
+    let other = format!("{}/vesseltest/other:v2", reg.host());
+    store.tag(&name, &other).unwrap();
+    let ev = Arc::new(Events(Default::default()));
+    rt().block_on(vessel_image::registry::push::push(
+        store.clone(),
+        &other,
+        &Reference::parse(&other).unwrap(),
+        &opts,
+        ev.clone(),
+    ))
+    .unwrap();
+    assert!(
+        ev.0.lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.starts_with("BlobMounted")),
+        "{:?}",
+        ev.0.lock().unwrap()
+    );
+
+    // And a fresh store pulls it back with the same ids.
+    let root2 = tempfile::tempdir().unwrap();
+    let store2 = Arc::new(Store::open(root2.path()).unwrap());
+    let res = do_pull(&store2, &name, &PullOptions::default()).unwrap();
+    assert_eq!(res.digest, digest);
+    assert_eq!(res.id, store.lookup(&name).unwrap());
+    assert!(store2.layer_paths(&name).unwrap()[0]
+        .join("bin/busybox")
+        .is_file());
+}

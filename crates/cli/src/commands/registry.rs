@@ -13,6 +13,7 @@ use vessel_image::manifest::Platform;
 use vessel_image::reference::familiar;
 use vessel_image::registry::auth;
 use vessel_image::registry::pull::{self, Progress, PullEvent, PullOptions};
+use vessel_image::registry::push::{self, PushEvent, PushProgress};
 use vessel_image::registry::{Client, Credentials, RegistryOptions};
 use vessel_image::store::Store;
 use vessel_image::{Digest, Reference};
@@ -210,8 +211,48 @@ pub struct PushArgs {
     name: String,
 }
 
-pub fn push(_a: PushArgs, _store: Store) -> Result<ExitCode> {
-    bail!("push is not implemented yet")
+struct PushLines {
+    quiet: bool,
+}
+
+impl PushProgress for PushLines {
+    fn event(&self, e: PushEvent) {
+        if self.quiet {
+            return;
+        }
+        match e {
+            PushEvent::Preparing { repository } => {
+                println!("The push refers to repository [{repository}]")
+            }
+            PushEvent::BlobExists { digest } => {
+                println!("{}: Layer already exists", digest.short())
+            }
+            PushEvent::BlobMounted { digest, from } => {
+                println!("{}: Mounted from {from}", digest.short())
+            }
+            PushEvent::BlobPushed { digest } => println!("{}: Pushed", digest.short()),
+            PushEvent::Done { tag, digest, size } => {
+                println!("{tag}: digest: {digest} size: {size}")
+            }
+        }
+    }
+}
+
+pub fn push(a: PushArgs, store: Store) -> Result<ExitCode> {
+    let store = Arc::new(store);
+    let target = Reference::parse(&a.name)?;
+    let progress = Arc::new(PushLines { quiet: a.quiet });
+    let digest = runtime()?.block_on(push::push(
+        store,
+        &a.name,
+        &target,
+        &a.registry.options(),
+        progress,
+    ))?;
+    if a.quiet {
+        println!("{}@{digest}", target.repository());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args, Debug)]

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod client;
 pub mod pull;
+pub mod push;
 
 pub use auth::Credentials;
 pub use client::{Client, RegistryOptions};
