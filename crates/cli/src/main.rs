@@ -63,6 +63,10 @@ pub enum Command {
     Login(commands::registry::LoginArgs),
     /// Log out from a registry
     Logout(commands::registry::LogoutArgs),
+    /// Save one or more images to a tar archive (streamed to STDOUT by default)
+    Save(commands::image::SaveArgs),
+    /// Load an image from a tar archive or STDIN
+    Load(commands::image::LoadArgs),
     /// Return low-level information on objects
     Inspect(commands::image::InspectArgs),
 }

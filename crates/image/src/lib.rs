@@ -1,6 +1,7 @@
 //! vessel's image side: content store, references, layer unpacking into snapshots,
 //! registry pull/push and the SQLite state it shares with the engine.
 
+pub mod archive;
 pub mod blobs;
 pub mod db;
 pub mod digest;

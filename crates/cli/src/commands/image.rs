@@ -31,6 +31,10 @@ pub enum ImageCommand {
     History(HistoryArgs),
     /// Remove unused images
     Prune(PruneArgs),
+    /// Save one or more images to a tar archive
+    Save(SaveArgs),
+    /// Load an image from a tar archive or STDIN
+    Load(LoadArgs),
     /// Download an image from a registry
     Pull(super::registry::PullArgs),
     /// Upload an image to a registry
@@ -48,6 +52,8 @@ pub fn run(cmd: ImageCommand, store: Store) -> Result<ExitCode> {
         ImageCommand::Import(a) => import(a, store),
         ImageCommand::History(a) => history(a, store),
         ImageCommand::Prune(a) => prune(a, store),
+        ImageCommand::Save(a) => save(a, store),
+        ImageCommand::Load(a) => load(a, store),
         ImageCommand::Pull(a) => super::registry::pull(a, store_owned),
         ImageCommand::Push(a) => super::registry::push(a, store_owned),
     }
@@ -529,4 +535,81 @@ pub fn prune(a: PruneArgs, store: &Store) -> Result<ExitCode> {
 fn atty_stdin() -> bool {
     use std::io::IsTerminal;
     io::stdin().is_terminal()
+}
+
+#[derive(Args, Debug)]
+pub struct SaveArgs {
+    /// Write to a file, instead of STDOUT
+    #[arg(short, long)]
+    output: Option<std::path::PathBuf>,
+    /// Archive format: docker-archive (default) or oci-archive
+    #[arg(long, default_value = "docker-archive")]
+    format: String,
+    #[arg(required = true)]
+    images: Vec<String>,
+}
+
+pub fn save(a: SaveArgs, store: &Store) -> Result<ExitCode> {
+    use std::io::IsTerminal;
+    let format = vessel_image::archive::ArchiveFormat::parse(&a.format)?;
+    match &a.output {
+        Some(path) => {
+            // Written beside the target and renamed, so a failed save leaves no half file.
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let tmp = tempfile::NamedTempFile::new_in(dir)
+                .with_context(|| format!("creating a file in {}", dir.display()))?;
+            vessel_image::archive::save(
+                store,
+                &a.images,
+                format,
+                io::BufWriter::new(tmp.as_file()),
+            )?;
+            tmp.persist(path)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        None => {
+            if io::stdout().is_terminal() {
+                bail!("cowardly refusing to save to a terminal. Use the -o flag or redirect");
+            }
+            vessel_image::archive::save(
+                store,
+                &a.images,
+                format,
+                io::BufWriter::new(io::stdout().lock()),
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// Read from tar archive file, instead of STDIN
+    #[arg(short, long)]
+    input: Option<std::path::PathBuf>,
+    /// Suppress the load output
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+pub fn load(a: LoadArgs, store: &Store) -> Result<ExitCode> {
+    let loaded = match &a.input {
+        Some(p) => vessel_image::archive::load(
+            store,
+            std::fs::File::open(p).with_context(|| format!("open {}", p.display()))?,
+        )?,
+        None => vessel_image::archive::load(store, io::stdin().lock())?,
+    };
+    if !a.quiet {
+        for l in loaded {
+            match l {
+                vessel_image::archive::Loaded::Name(n) => println!("Loaded image: {n}"),
+                vessel_image::archive::Loaded::Id(d) => println!("Loaded image ID: {d}"),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

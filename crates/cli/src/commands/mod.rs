@@ -17,6 +17,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rmi(a) => image::rmi(a, &open()?),
         Command::Import(a) => image::import(a, &open()?),
         Command::History(a) => image::history(a, &open()?),
+        Command::Save(a) => image::save(a, &open()?),
+        Command::Load(a) => image::load(a, &open()?),
         Command::Inspect(a) => image::inspect(a, &open()?),
         Command::Pull(a) => registry::pull(a, open()?),
         Command::Push(a) => registry::push(a, open()?),
