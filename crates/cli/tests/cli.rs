@@ -1,0 +1,373 @@
+//! The `vessel` binary end to end: docker's output shapes for the image commands, and
+//! pull/push/login/save/load against a real registry on 127.0.0.1.
+
+#[path = "../../image/tests/common/registry.rs"]
+#[allow(dead_code)]
+mod registry;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use registry::{Registry, RegistryConfig};
+
+struct Vessel {
+    root: tempfile::TempDir,
+    run: tempfile::TempDir,
+    home: tempfile::TempDir,
+}
+
+impl Vessel {
+    fn new() -> Self {
+        Vessel {
+            root: tempfile::tempdir().unwrap(),
+            run: tempfile::tempdir().unwrap(),
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vessel"));
+        c.arg("--root")
+            .arg(self.root.path())
+            .arg("--runroot")
+            .arg(self.run.path());
+        c.env("HOME", self.home.path())
+            .env_remove("DOCKER_CONFIG")
+            .env_remove("REGISTRY_AUTH_FILE");
+        c.args(args);
+        c
+    }
+
+    fn out(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.out(args);
+        assert!(
+            o.status.success(),
+            "vessel {args:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    fn with_stdin(&self, args: &[&str], input: &[u8]) -> String {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "vessel {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+}
+
+/// A rootfs tarball with busybox-static, made offline.
+fn busybox_tar(dir: &Path) -> std::path::PathBuf {
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+    let out = dir.join("rootfs.tar.gz");
+    let f = std::fs::File::create(&out).unwrap();
+    let gz = flate2_writer(f);
+    let mut b = tar::Builder::new(gz);
+    b.follow_symlinks(false);
+    b.append_dir_all(".", &rootfs).unwrap();
+    b.into_inner().unwrap().finish().unwrap();
+    out
+}
+
+fn flate2_writer(f: std::fs::File) -> flate2::write::GzEncoder<std::fs::File> {
+    flate2::write::GzEncoder::new(f, flate2::Compression::fast())
+}
+
+#[test]
+fn image_commands_print_what_docker_prints() {
+    let v = Vessel::new();
+    let work = tempfile::tempdir().unwrap();
+    let tarball = busybox_tar(work.path());
+    let id = v.ok(&[
+        "import",
+        "-c",
+        "CMD [\"sh\"]",
+        "-m",
+        "made by a test",
+        tarball.to_str().unwrap(),
+        "vesseltest/bb:1",
+    ]);
+    let id = id.trim().to_string();
+    assert!(id.starts_with("sha256:") && id.len() == 71, "{id}");
+    let short = &id[7..19];
+
+    let table = v.ok(&["images"]);
+    let mut lines = table.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.starts_with("REPOSITORY")
+            && header.contains("TAG")
+            && header.contains("IMAGE ID")
+            && header.contains("CREATED")
+            && header.ends_with("SIZE"),
+        "{table}"
+    );
+    let row = lines.next().unwrap();
+    assert!(
+        row.starts_with("vesseltest/bb")
+            && row.contains(" 1 ")
+            && row.contains(short)
+            && row.contains("ago")
+            && row.ends_with("MB"),
+        "{table}"
+    );
+
+    assert_eq!(v.ok(&["images", "-q"]).trim(), short);
+    v.ok(&["tag", "vesseltest/bb:1", "localhost:5000/other"]);
+    assert_eq!(
+        v.ok(&["image", "ls", "-q"]).trim(),
+        short,
+        "-q lists each image once"
+    );
+    let fmt = v.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    let mut names: Vec<&str> = fmt.lines().collect();
+    names.sort();
+    assert_eq!(names, ["localhost:5000/other:latest", "vesseltest/bb:1"]);
+    assert_eq!(
+        v.ok(&[
+            "images",
+            "--filter",
+            "reference=vesseltest/*",
+            "--format",
+            "{{.Repository}}"
+        ])
+        .trim(),
+        "vesseltest/bb"
+    );
+    assert_eq!(
+        v.ok(&["images", "--filter", "dangling=true", "-q"]).trim(),
+        ""
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        v.ok(&["images", "--format", "json"])
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(json.get("Repository").is_some() && json.get("ID").is_some());
+    let t = v.ok(&["images", "--format", "table {{.ID}}\t{{.Size}}"]);
+    assert!(t.starts_with("IMAGE ID"), "{t}");
+
+    let inspect: serde_json::Value =
+        serde_json::from_str(&v.ok(&["image", "inspect", "vesseltest/bb:1"])).unwrap();
+    let i = &inspect[0];
+    assert_eq!(i["Id"], id.as_str());
+    let keys: Vec<&str> = i.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(&keys[..3], ["Id", "RepoTags", "RepoDigests"]);
+    assert_eq!(i["Config"]["Cmd"][0], "sh");
+    assert_eq!(i["RootFS"]["Type"], "layers");
+    assert_eq!(i["Comment"], "made by a test");
+    assert_eq!(
+        v.ok(&["inspect", "--format", "{{.Config.Cmd}} {{.Os}}", short])
+            .trim(),
+        "[sh] linux"
+    );
+    let hist = v.ok(&["history", "vesseltest/bb:1"]);
+    assert!(
+        hist.starts_with("IMAGE") && hist.contains(short) && hist.contains("made by a test"),
+        "{hist}"
+    );
+
+    let e = v.out(&["rmi", short]);
+    assert!(!e.status.success());
+    assert!(String::from_utf8_lossy(&e.stderr).contains("referenced in multiple repositories"));
+    assert_eq!(
+        v.ok(&["rmi", "localhost:5000/other"]),
+        "Untagged: localhost:5000/other:latest\n"
+    );
+    let out = v.ok(&["rmi", "vesseltest/bb:1"]);
+    assert_eq!(out, format!("Untagged: vesseltest/bb:1\nDeleted: {id}\n"));
+    assert_eq!(v.ok(&["images", "-q"]), "");
+    let missing = v.out(&["rmi", "nothere"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("No such image: nothere"));
+}
+
+#[test]
+fn prune_removes_dangling_and_with_all_everything_unused() {
+    let v = Vessel::new();
+    let work = tempfile::tempdir().unwrap();
+    let tarball = busybox_tar(work.path());
+    let dangling = v.ok(&["import", tarball.to_str().unwrap()]);
+    v.ok(&[
+        "import",
+        "-m",
+        "x",
+        tarball.to_str().unwrap(),
+        "vesseltest/keep",
+    ]);
+    assert_eq!(
+        v.ok(&["images", "--filter", "dangling=true", "-q"]).trim(),
+        &dangling.trim()[7..19]
+    );
+    let out = v.ok(&["image", "prune", "-f"]);
+    assert!(
+        out.contains(&format!("deleted: {}", dangling.trim()))
+            && out.contains("Total reclaimed space:"),
+        "{out}"
+    );
+    assert_eq!(
+        v.ok(&["images", "--format", "{{.Repository}}"]).trim(),
+        "vesseltest/keep"
+    );
+    v.ok(&["image", "prune", "-a", "-f"]);
+    assert_eq!(v.ok(&["images", "-q"]), "");
+    let root = v.root.path();
+    assert_eq!(
+        std::fs::read_dir(root.join("snapshots")).unwrap().count(),
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(root.join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn save_to_stdout_and_load_from_stdin() {
+    let v = Vessel::new();
+    let work = tempfile::tempdir().unwrap();
+    let tarball = busybox_tar(work.path());
+    let id = v.ok(&["import", tarball.to_str().unwrap(), "vesseltest/saved:v1"]);
+    for fmt in ["docker-archive", "oci-archive"] {
+        let o = v.out(&["save", "--format", fmt, "vesseltest/saved:v1"]);
+        assert!(o.status.success());
+        let w = Vessel::new();
+        assert_eq!(
+            w.with_stdin(&["load"], &o.stdout),
+            "Loaded image: vesseltest/saved:v1\n"
+        );
+        assert_eq!(w.ok(&["images", "-q", "--no-trunc"]).trim(), id.trim());
+    }
+    let file = work.path().join("out.tar");
+    v.ok(&["save", "-o", file.to_str().unwrap(), "vesseltest/saved:v1"]);
+    let w = Vessel::new();
+    assert_eq!(w.ok(&["load", "-q", "-i", file.to_str().unwrap()]), "");
+    assert_eq!(w.ok(&["images", "-q", "--no-trunc"]).trim(), id.trim());
+}
+
+#[test]
+fn push_pull_login_logout_against_a_registry() {
+    if !Registry::available() {
+        return;
+    }
+    let reg = Registry::start(RegistryConfig {
+        htpasswd: Some(("vessel".into(), "pw".into())),
+        ..Default::default()
+    });
+    let v = Vessel::new();
+    let work = tempfile::tempdir().unwrap();
+    let tarball = busybox_tar(work.path());
+    let name = format!("{}/vesseltest/cli:v1", reg.host());
+    v.ok(&[
+        "import",
+        "-c",
+        "CMD [\"sh\"]",
+        tarball.to_str().unwrap(),
+        &name,
+    ]);
+
+    let denied = v.out(&["push", &name]);
+    assert!(!denied.status.success());
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("unauthorized"),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+
+    let bad = v.out(&["login", "-u", "vessel", "-p", "nope", &reg.host()]);
+    assert!(!bad.status.success());
+    assert_eq!(
+        v.with_stdin(
+            &["login", "-u", "vessel", "--password-stdin", &reg.host()],
+            b"pw\n"
+        ),
+        "Login Succeeded\n"
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(v.home.path().join(".docker/config.json")).unwrap())
+            .unwrap();
+    assert!(
+        cfg["auths"][reg.host()]["auth"].is_string(),
+        "credentials stored like docker's config.json"
+    );
+
+    let out = v.ok(&["push", &name]);
+    assert!(
+        out.starts_with(&format!(
+            "The push refers to repository [{}/vesseltest/cli]",
+            reg.host()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(": Pushed") && out.contains("v1: digest: sha256:"),
+        "{out}"
+    );
+
+    // A fresh store (same HOME, so same credentials) pulls it.
+    let w = Vessel {
+        root: tempfile::tempdir().unwrap(),
+        run: tempfile::tempdir().unwrap(),
+        home: v.home,
+    };
+    let missing = w.out(&["pull", &format!("{}/vesseltest/cli", reg.host())]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stdout).starts_with("Using default tag: latest\n"));
+    assert!(String::from_utf8_lossy(&missing.stderr)
+        .contains("vesseltest/cli:latest not found: manifest unknown"));
+    let out = w.ok(&["pull", &name]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "v1: Pulling from vesseltest/cli", "{out}");
+    assert!(
+        lines.iter().any(|l| l.ends_with(": Pull complete")),
+        "{out}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("Digest: sha256:")),
+        "{out}"
+    );
+    assert!(
+        lines.contains(&format!("Status: Downloaded newer image for {name}").as_str()),
+        "{out}"
+    );
+    assert_eq!(lines.last().unwrap(), &name.as_str());
+    let again = w.ok(&["pull", "-q", &name]);
+    assert_eq!(again, format!("{name}\n"));
+    let up = w.ok(&["pull", &name]);
+    assert!(
+        up.contains(&format!("Status: Image is up to date for {name}")),
+        "{up}"
+    );
+    assert!(w.ok(&["images", "--digests"]).contains("sha256:"));
+
+    assert_eq!(
+        w.ok(&["logout", &reg.host()]),
+        format!("Removing login credentials for {}\n", reg.host())
+    );
+    let w2 = Vessel::new();
+    let denied = w2.out(&["pull", &name]);
+    assert!(!denied.status.success());
+}
