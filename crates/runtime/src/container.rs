@@ -1,0 +1,318 @@
+//! Operations on an existing container: start, state, kill, delete, list, ps, pause, resume,
+//! update, stats. Each derives the status from the kernel, checks that the operation makes
+//! sense in it, and says which status it found when it refuses.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::LinuxResources;
+use serde::Serialize;
+use vessel_cgroups::CgroupManager;
+
+use crate::error::{Context, Error, Result};
+use crate::hooks::{self, HookState};
+use crate::state::{self, State, StateDir, Status};
+use crate::sys;
+
+/// The runtime-spec state document, with runc's field names (`state` and `list --format json`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateView {
+    pub oci_version: String,
+    pub id: String,
+    pub pid: i32,
+    pub status: String,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub created: String,
+    pub owner: String,
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    pub annotations: HashMap<String, String>,
+}
+
+fn view(state: &State, status: Status) -> StateView {
+    StateView {
+        oci_version: state.oci_version.clone(),
+        id: state.id.clone(),
+        pid: if status == Status::Stopped {
+            0
+        } else {
+            state.pid
+        },
+        status: status.to_string(),
+        bundle: state.bundle.clone(),
+        rootfs: state.rootfs.clone(),
+        created: state.created.clone(),
+        owner: state.owner.clone(),
+        annotations: state.annotations.clone(),
+    }
+}
+
+fn wrong(id: &str, status: Status, action: &str) -> Error {
+    Error::WrongState {
+        id: id.to_string(),
+        status: status.to_string(),
+        action: action.to_string(),
+    }
+}
+
+pub fn state(root: &Path, id: &str) -> Result<StateView> {
+    let dir = StateDir::open(root, id, false)?;
+    let st = dir.load()?;
+    let status = dir.status(&st);
+    Ok(view(&st, status))
+}
+
+pub fn list(root: &Path) -> Result<Vec<StateView>> {
+    let mut out = Vec::new();
+    for id in state::list_ids(root)? {
+        // A container deleted while we list is simply skipped.
+        if let Ok(v) = state(root, &id) {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+/// Release a created container's init: one write to its fifo.
+pub fn start(root: &Path, id: &str) -> Result<()> {
+    let dir = StateDir::open(root, id, true)?;
+    let st = dir.load()?;
+    let status = dir.status(&st);
+    if status != Status::Created {
+        return Err(wrong(id, status, "only a created container can be started"));
+    }
+    let fifo = dir.fifo_path();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags_nonblock()
+        .open(&fifo)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENXIO) | Some(libc::ENOENT) => {
+                wrong(id, Status::Stopped, "its init is gone")
+            }
+            _ => Error::Io {
+                context: format!("open {}", fifo.display()),
+                source: e,
+            },
+        })?;
+    (&f).write_all(b"0").ctx(|| "release the container init")?;
+    drop(f);
+    std::fs::remove_file(&fifo).ctx(|| format!("remove {}", fifo.display()))?;
+    let spec = dir.config()?;
+    let hs = HookState {
+        oci_version: &st.oci_version,
+        id,
+        status: "running",
+        pid: Some(st.pid),
+        bundle: &st.bundle,
+        annotations: Some(&st.annotations),
+    };
+    // poststart failures are reported, but the container keeps running (runtime-spec).
+    if let Err(e) = hooks::run_all(
+        "poststart",
+        spec.hooks().as_ref().and_then(|h| h.poststart().as_ref()),
+        &hs,
+    ) {
+        eprintln!("vessel-runtime: warning: {e}");
+    }
+    Ok(())
+}
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlock for std::fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+    }
+}
+
+pub fn parse_signal(s: &str) -> Result<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+        return Err(Error::Usage(format!(
+            "signal {s:?}: numbers go from 1 to 64"
+        )));
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|sig| sig as i32)
+        .or_else(|_| {
+            // Real-time signals: SIGRTMIN+N / SIGRTMAX-N.
+            let rtmin = libc::SIGRTMIN();
+            let rtmax = libc::SIGRTMAX();
+            if let Some(n) = name
+                .strip_prefix("SIGRTMIN+")
+                .and_then(|n| n.parse::<i32>().ok())
+            {
+                return Ok(rtmin + n);
+            }
+            if let Some(n) = name
+                .strip_prefix("SIGRTMAX-")
+                .and_then(|n| n.parse::<i32>().ok())
+            {
+                return Ok(rtmax - n);
+            }
+            match name.as_str() {
+                "SIGRTMIN" => Ok(rtmin),
+                "SIGRTMAX" => Ok(rtmax),
+                _ => Err(Error::Usage(format!("unknown signal {s:?}"))),
+            }
+        })
+}
+
+pub fn kill(root: &Path, id: &str, signal: i32, all: bool) -> Result<()> {
+    let dir = StateDir::open(root, id, false)?;
+    let st = dir.load()?;
+    let status = dir.status(&st);
+    if status == Status::Stopped {
+        return Err(wrong(
+            id,
+            status,
+            "cannot send a signal to a stopped container",
+        ));
+    }
+    if all {
+        let cg = CgroupManager::new(&st.cgroups_path)?;
+        cg.kill_all(signal)?;
+        return Ok(());
+    }
+    signal_init(&st, signal)
+}
+
+fn signal_init(st: &State, signal: i32) -> Result<()> {
+    let pidfd = sys::pidfd_open(st.pid).ctx(|| format!("open pid {}", st.pid))?;
+    // Re-check after pinning the process with a pidfd: the PID cannot be recycled under us now.
+    if sys::process_start_time(st.pid) != Some(st.pid_start) {
+        return Err(wrong(&st.id, Status::Stopped, "its init has exited"));
+    }
+    sys::pidfd_send_signal(pidfd.as_fd(), signal)
+        .ctx(|| format!("send signal {signal} to pid {}", st.pid))
+}
+
+pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
+    let dir = match StateDir::open(root, id, true) {
+        Ok(d) => d,
+        Err(Error::NotFound(_)) if force => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let st = match dir.load() {
+        Ok(st) => st,
+        // A state dir whose state cannot be read is garbage either way when forced.
+        Err(_) if force => return dir.remove(),
+        Err(e) => return Err(e),
+    };
+    let status = dir.status(&st);
+    let cg = CgroupManager::new(&st.cgroups_path)?;
+    match status {
+        Status::Stopped => {}
+        // A created container never ran user code: deleting it is always allowed.
+        Status::Created => kill_and_wait(&st, &cg)?,
+        Status::Running | Status::Paused | Status::Creating if force => kill_and_wait(&st, &cg)?,
+        _ => return Err(wrong(id, status, "stop it first, or use delete --force")),
+    }
+    // Processes outside a pid namespace may outlive the init.
+    if !cg.pids().unwrap_or_default().is_empty() {
+        let _ = cg.kill_all(libc::SIGKILL);
+    }
+    cg.remove()?;
+    if !st.stopped_hooks_done {
+        let spec = dir.config().ok();
+        let hs = HookState {
+            oci_version: &st.oci_version,
+            id,
+            status: "stopped",
+            pid: None,
+            bundle: &st.bundle,
+            annotations: Some(&st.annotations),
+        };
+        if let Some(spec) = spec {
+            if let Err(e) = hooks::run_all(
+                "poststop",
+                spec.hooks().as_ref().and_then(|h| h.poststop().as_ref()),
+                &hs,
+            ) {
+                eprintln!("vessel-runtime: warning: {e}");
+            }
+        }
+    }
+    dir.remove()
+}
+
+fn kill_and_wait(st: &State, cg: &CgroupManager) -> Result<()> {
+    if cg.is_frozen().unwrap_or(false) {
+        let _ = cg.thaw();
+    }
+    let _ = cg.kill_all(libc::SIGKILL);
+    if let Ok(pidfd) = sys::pidfd_open(st.pid) {
+        if sys::process_start_time(st.pid) == Some(st.pid_start) {
+            let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+            let _ = sys::pidfd_wait_exit(pidfd.as_fd(), 10_000);
+        }
+    }
+    Ok(())
+}
+
+pub fn pause(root: &Path, id: &str) -> Result<()> {
+    let dir = StateDir::open(root, id, true)?;
+    let st = dir.load()?;
+    let status = dir.status(&st);
+    if status != Status::Running && status != Status::Created {
+        return Err(wrong(id, status, "only a running container can be paused"));
+    }
+    Ok(CgroupManager::new(&st.cgroups_path)?.freeze()?)
+}
+
+pub fn resume(root: &Path, id: &str) -> Result<()> {
+    let dir = StateDir::open(root, id, true)?;
+    let st = dir.load()?;
+    let status = dir.status(&st);
+    if status != Status::Paused {
+        return Err(wrong(id, status, "only a paused container can be resumed"));
+    }
+    Ok(CgroupManager::new(&st.cgroups_path)?.thaw()?)
+}
+
+pub fn pids(root: &Path, id: &str) -> Result<Vec<i32>> {
+    let dir = StateDir::open(root, id, false)?;
+    let st = dir.load()?;
+    let status = dir.status(&st);
+    if status == Status::Stopped {
+        return Err(wrong(id, status, "a stopped container has no processes"));
+    }
+    Ok(CgroupManager::new(&st.cgroups_path)?.pids()?)
+}
+
+pub fn update(root: &Path, id: &str, resources: &LinuxResources) -> Result<()> {
+    let dir = StateDir::open(root, id, true)?;
+    let st = dir.load()?;
+    let status = dir.status(&st);
+    if status == Status::Stopped {
+        return Err(wrong(id, status, "cannot update a stopped container"));
+    }
+    let cg = CgroupManager::new(&st.cgroups_path)?;
+    CgroupManager::validate(resources, cg.layout())?;
+    Ok(cg.apply(resources)?)
+}
+
+pub fn stats(root: &Path, id: &str) -> Result<(Status, vessel_cgroups::Stats)> {
+    let dir = StateDir::open(root, id, false)?;
+    let st = dir.load()?;
+    let status = dir.status(&st);
+    if status == Status::Stopped {
+        return Err(wrong(id, status, "a stopped container has no stats"));
+    }
+    Ok((status, CgroupManager::new(&st.cgroups_path)?.stats()?))
+}

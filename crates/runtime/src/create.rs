@@ -1,0 +1,336 @@
+//! `create`: the parent side. Validate everything, reserve the state dir, prepare the cgroup,
+//! clone the init into its namespaces, do the host-side work (id maps, cgroup membership,
+//! runtime hooks) while it waits, and record the state once it reports ready.
+//! On any failure everything done so far is undone: no state dir, cgroup or process remains.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
+use vessel_cgroups::CgroupManager;
+
+use crate::channel::{self, Msg};
+use crate::error::{Context, Error, Result};
+use crate::hooks::{self, HookState};
+use crate::init::{self, InitContext};
+use crate::namespaces::{write_id_maps, NsPlan};
+use crate::process::Prepared;
+use crate::spec::{self, Bundle};
+use crate::state::{now_rfc3339, State, StateDir};
+use crate::sys::{self, Forked};
+
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    pub root: PathBuf,
+    pub id: String,
+    pub bundle: PathBuf,
+    pub console_socket: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub no_pivot: bool,
+    pub no_new_keyring: bool,
+    pub preserve_fds: u32,
+}
+
+pub struct Created {
+    pub pid: i32,
+    pub state: State,
+    pub dir: StateDir,
+}
+
+/// Undo list for a create that fails part way.
+struct Undo {
+    pid: Option<i32>,
+    cgroup: Option<CgroupManager>,
+    dir: Option<StateDir>,
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(pid), None);
+        }
+        if let Some(cg) = self.cgroup.take() {
+            let _ = cg.kill_all(libc::SIGKILL);
+            let _ = cg.remove();
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.remove();
+        }
+    }
+}
+
+pub fn cgroups_path(spec: &Spec, id: &str) -> PathBuf {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().clone())
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from(format!("/{id}")))
+}
+
+pub fn seccomp_cache(root: &Path) -> vessel_seccomp::Cache {
+    vessel_seccomp::Cache::new(root.join(".seccomp-cache"))
+}
+
+pub fn create(opts: &CreateOptions) -> Result<Created> {
+    spec::validate_id(&opts.id)?;
+    let Bundle {
+        dir: bundle_dir,
+        spec,
+        raw,
+        rootfs,
+    } = spec::load_bundle(&opts.bundle)?;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::config("config.json: process: missing"))?;
+    let terminal = process.terminal().unwrap_or(false);
+    if terminal && opts.console_socket.is_none() {
+        return Err(Error::Usage(
+            "process.terminal is true: --console-socket is required to hand over the terminal"
+                .into(),
+        ));
+    }
+
+    // Everything below that can fail without touching the host comes first.
+    let cg_path = cgroups_path(&spec, &opts.id);
+    let cgroup = CgroupManager::new(&cg_path)?;
+    let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    if let Some(r) = resources {
+        CgroupManager::validate(r, cgroup.layout())?;
+    }
+    let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(s) => Some(seccomp_cache(&opts.root).get_or_compile(s)?),
+        None => None,
+    };
+    let listener_path = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+        .and_then(|s| s.listener_path().clone());
+    let prepared = Prepared::new(process, seccomp)?;
+    crate::lsm::validate(
+        process,
+        spec.linux()
+            .as_ref()
+            .and_then(|l| l.mount_label().as_deref()),
+    )?;
+    // Only a pure v2 host can place the child with CLONE_INTO_CGROUP; v1 and hybrid hosts
+    // need the parent to write the PID into every hierarchy.
+    let into_cgroup = matches!(cgroup.layout(), vessel_cgroups::Layout::V2);
+    let plan = NsPlan::new(&spec, into_cgroup)?;
+    let console = match &opts.console_socket {
+        Some(p) => Some(
+            UnixStream::connect(p)
+                .ctx(|| format!("connect to --console-socket {}", p.display()))?,
+        ),
+        None => None,
+    };
+
+    let dir = StateDir::create(&opts.root, &opts.id)?;
+    let mut undo = Undo {
+        pid: None,
+        cgroup: None,
+        dir: Some(dir),
+    };
+    let dir = undo.dir.as_ref().expect("set above");
+    cgroup.create()?;
+    undo.cgroup = Some(cgroup.clone());
+    if let Some(r) = resources {
+        cgroup.apply(r)?;
+    }
+    let v2_fd: Option<OwnedFd> = if into_cgroup {
+        cgroup.v2_dir_fd()?
+    } else {
+        None
+    };
+    let fifo_path = dir.fifo_path();
+    nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .ctx(|| format!("create {}", fifo_path.display()))?;
+    // Opened read-write so the init can block reading it without a writer present; `start`
+    // releases it by writing one byte.
+    let fifo: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo_path)
+        .ctx(|| format!("open {}", fifo_path.display()))?
+        .into();
+
+    let (parent_end, child_end) = channel::pair()?;
+    let ctx = InitContext {
+        id: &opts.id,
+        spec: &spec,
+        process,
+        rootfs: &rootfs,
+        plan: &plan,
+        channel: &child_end,
+        console: console.as_ref().map(|c| c.as_raw_fd()),
+        fifo: &fifo,
+        prepared: &prepared,
+        no_pivot: opts.no_pivot,
+        no_new_keyring: opts.no_new_keyring,
+        preserve_fds: opts.preserve_fds,
+        bundle: &bundle_dir,
+        close_first: dir.lock_fd(),
+    };
+
+    // SAFETY: vessel-runtime is single-threaded; the child only runs `init`.
+    let first = unsafe {
+        sys::clone3(
+            if plan.slow {
+                nix::sched::CloneFlags::empty()
+            } else {
+                plan.clone_flags
+            },
+            0,
+            v2_fd.as_ref().map(|f| f.as_raw_fd()),
+        )
+    }
+    .ctx(|| "clone the container process")?;
+    let first_pid = match first {
+        Forked::Child => {
+            drop(parent_end);
+            if plan.slow {
+                init::intermediate(&ctx)
+            } else {
+                init::run(&ctx)
+            }
+        }
+        Forked::Parent(pid) => pid,
+    };
+    undo.pid = Some(first_pid);
+    drop(child_end);
+    drop(fifo);
+    drop(v2_fd);
+    drop(console);
+
+    let pid = if plan.slow {
+        loop {
+            match parent_end.recv()? {
+                Some((Msg::WriteMaps(p), _)) => {
+                    write_id_maps(p, &spec)?;
+                    parent_end.send(&Msg::Continue)?;
+                }
+                Some((Msg::Pid(p), _)) => {
+                    let _ = waitpid(Pid::from_raw(first_pid), None);
+                    undo.pid = Some(p);
+                    break p;
+                }
+                Some((Msg::Failed(text), _)) => return Err(Error::Child(text)),
+                Some((m, _)) => {
+                    return Err(Error::Child(format!(
+                        "unexpected message {m:?} from the container process"
+                    )))
+                }
+                None => {
+                    return Err(Error::Child(
+                        "the container process exited before it was set up".into(),
+                    ))
+                }
+            }
+        }
+    } else {
+        if plan.new_user {
+            write_id_maps(first_pid, &spec)?;
+        }
+        first_pid
+    };
+    if !into_cgroup {
+        cgroup.add_task(pid)?;
+    }
+    if let Some(adj) = process.oom_score_adj() {
+        std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string()).ctx(|| {
+            format!("process.oomScoreAdj: set {adj} (lowering it needs CAP_SYS_RESOURCE)")
+        })?;
+    }
+    parent_end.send(&Msg::Pid(pid))?;
+
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let hook_state = |status| HookState {
+        oci_version: spec.version(),
+        id: &opts.id,
+        status,
+        pid: Some(pid),
+        bundle: &bundle_dir,
+        annotations: Some(&annotations),
+    };
+    let spec_hooks = spec.hooks().as_ref();
+    loop {
+        match parent_end.recv()? {
+            Some((Msg::RunHooks, _)) => {
+                hooks::run_all(
+                    "prestart",
+                    spec_hooks.and_then(|h| h.prestart().as_ref()),
+                    &hook_state("creating"),
+                )?;
+                hooks::run_all(
+                    "createRuntime",
+                    spec_hooks.and_then(|h| h.create_runtime().as_ref()),
+                    &hook_state("creating"),
+                )?;
+                parent_end.send(&Msg::Continue)?;
+            }
+            Some((Msg::SeccompListener, Some(fd))) => {
+                let path = listener_path.as_ref().ok_or_else(|| {
+                    Error::config("linux.seccomp.listenerPath: required with SCMP_ACT_NOTIFY")
+                })?;
+                let state = serde_json::json!({
+                    "ociVersion": spec.version(),
+                    "fds": ["seccompFd"],
+                    "pid": pid,
+                    "metadata": spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).and_then(|s| s.listener_metadata().clone()).unwrap_or_default(),
+                    "state": hook_state("creating"),
+                });
+                let body = serde_json::to_vec(&state).map_err(|e| Error::config(e.to_string()))?;
+                vessel_seccomp::send_listener(path, fd.as_fd(), &body)?;
+                parent_end.send(&Msg::Continue)?;
+            }
+            Some((Msg::Ready, _)) => break,
+            Some((Msg::Failed(text), _)) => return Err(Error::Child(text)),
+            Some((m, _)) => {
+                return Err(Error::Child(format!(
+                    "unexpected message {m:?} from the container init"
+                )))
+            }
+            None => {
+                return Err(Error::Child(
+                    "the container init exited before it was set up".into(),
+                ))
+            }
+        }
+    }
+
+    let state = State {
+        oci_version: spec.version().to_string(),
+        id: opts.id.clone(),
+        pid,
+        bundle: bundle_dir.clone(),
+        rootfs: rootfs.clone(),
+        created: now_rfc3339(),
+        owner: String::new(),
+        annotations,
+        pid_start: sys::process_start_time(pid).unwrap_or(0),
+        cgroups_path: cg_path,
+        stopped_hooks_done: false,
+    };
+    dir.write_config(&raw)?;
+    dir.save(&state)?;
+    if let Some(p) = &opts.pid_file {
+        write_pid_file(p, pid)?;
+    }
+    undo.pid = None;
+    undo.cgroup = None;
+    let dir = undo.dir.take().expect("set above");
+    Ok(Created { pid, state, dir })
+}
+
+/// Written atomically: callers (conmon, containerd) poll for it.
+pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    let tmp = path.with_extension("vessel-tmp");
+    std::fs::write(&tmp, pid.to_string()).ctx(|| format!("write --pid-file {}", path.display()))?;
+    std::fs::rename(&tmp, path).ctx(|| format!("write --pid-file {}", path.display()))
+}

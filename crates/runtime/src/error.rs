@@ -1,0 +1,77 @@
+//! The runtime's error type. Every message names what was wrong (field, value, path) so that a
+//! user — or the engine that drives us — can act on it without reading our source.
+
+use std::fmt::Display;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// config.json (or a --process file) is malformed or asks for something invalid.
+    #[error("{0}")]
+    Config(String),
+    /// A command-line argument is invalid.
+    #[error("{0}")]
+    Usage(String),
+    #[error("invalid container id {id:?}: {reason}")]
+    InvalidId { id: String, reason: &'static str },
+    #[error("container {0:?} already exists")]
+    Exists(String),
+    #[error("container {0:?} does not exist")]
+    NotFound(String),
+    #[error("container {id:?} is {status}: {action}")]
+    WrongState {
+        id: String,
+        status: String,
+        action: String,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        // Not #[source]: the message already ends with it, and anyhow would print it twice.
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Cgroup(#[from] vessel_cgroups::Error),
+    #[error("{0}")]
+    Seccomp(#[from] vessel_seccomp::Error),
+    /// The container's init (or an exec'd process) reported a failure before running user code.
+    #[error("{0}")]
+    Child(String),
+    #[error("{kind} hook #{index} ({path}) failed: {reason}")]
+    Hook {
+        kind: &'static str,
+        index: usize,
+        path: String,
+        reason: String,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn config(msg: impl Into<String>) -> Self {
+        Error::Config(msg.into())
+    }
+}
+
+/// Attach context to syscall and I/O failures: `.ctx(|| format!("mount {dst}"))`.
+pub trait Context<T> {
+    fn ctx<C: Display>(self, context: impl FnOnce() -> C) -> Result<T>;
+}
+
+impl<T> Context<T> for std::io::Result<T> {
+    fn ctx<C: Display>(self, context: impl FnOnce() -> C) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            context: context().to_string(),
+            source,
+        })
+    }
+}
+
+impl<T> Context<T> for nix::Result<T> {
+    fn ctx<C: Display>(self, context: impl FnOnce() -> C) -> Result<T> {
+        self.map_err(|errno| Error::Io {
+            context: context().to_string(),
+            source: std::io::Error::from_raw_os_error(errno as i32),
+        })
+    }
+}

@@ -1,0 +1,42 @@
+//! `features`: what this runtime supports, as the runtime-spec features document.
+
+use serde_json::{json, Value};
+
+pub fn features() -> Value {
+    let caps: Vec<String> = caps::runtime::procfs_all_supported(None)
+        .unwrap_or_else(|_| caps::all())
+        .into_iter()
+        .map(|c| c.to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let seccomp = serde_json::to_value(vessel_seccomp::features()).unwrap_or(Value::Null);
+    json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.2.0",
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+        "mountOptions": [
+            "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "loud",
+            "mand", "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime",
+            "nostrictatime", "nosuid", "private", "ratime", "rbind", "rdev", "rdiratime",
+            "relatime", "remount", "rexec", "rnoatime", "rnodev", "rnodiratime", "rnoexec",
+            "rnorelatime", "rnostrictatime", "rnosuid", "ro", "rprivate", "rrelatime", "rro",
+            "rrw", "rshared", "rslave", "rstrictatime", "rsuid", "runbindable", "rw", "shared",
+            "silent", "slave", "strictatime", "suid", "sync", "unbindable"
+        ],
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
+            "capabilities": caps,
+            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false, "rdma": false},
+            "seccomp": seccomp,
+            "apparmor": {"enabled": crate::lsm::apparmor_enabled()},
+            "selinux": {"enabled": crate::lsm::selinux_enabled()},
+            "intelRdt": {"enabled": false},
+            "mountExtensions": {"idmap": {"enabled": false}}
+        },
+        "annotations": {
+            "org.opencontainers.runc.checkpoint.enabled": "false",
+            "io.github.vessel.runtime.version": env!("CARGO_PKG_VERSION")
+        }
+    })
+}

@@ -1,0 +1,321 @@
+//! The container's init, from clone to execve. Runs in the child of a single-threaded
+//! runtime, so it may allocate and use std freely; it reports every failure to the parent
+//! over the typed channel and exits without running any of the parent's destructors.
+
+use std::convert::Infallible;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use nix::unistd::{setresgid, setresuid, Gid, Uid};
+use oci_spec::runtime::{Process, Spec};
+
+use crate::channel::{Channel, Msg};
+use crate::console;
+use crate::error::{Context, Error, Result};
+use crate::hooks::{self, HookState};
+use crate::mounts::{self, RootfsContext};
+use crate::namespaces::NsPlan;
+use crate::process::{self, Prepared};
+use crate::sys::{self, Forked};
+
+pub struct InitContext<'a> {
+    pub id: &'a str,
+    pub spec: &'a Spec,
+    pub process: &'a Process,
+    pub rootfs: &'a Path,
+    pub bundle: &'a Path,
+    pub plan: &'a NsPlan,
+    pub channel: &'a Channel,
+    pub console: Option<RawFd>,
+    pub fifo: &'a OwnedFd,
+    pub prepared: &'a Prepared,
+    pub no_pivot: bool,
+    pub no_new_keyring: bool,
+    pub preserve_fds: u32,
+    /// Descriptors of the parent the child must close first (the state dir lock).
+    pub close_first: Option<RawFd>,
+}
+
+fn exit(code: i32) -> ! {
+    // SAFETY: _exit skips the parent's atexit handlers and destructors, as a forked child must.
+    unsafe { libc::_exit(code) }
+}
+
+/// Slow path: join namespaces (user first), create the user namespace if asked, then clone
+/// the init with CLONE_PARENT so it becomes the runtime's child, report its PID and leave.
+pub fn intermediate(ctx: &InitContext) -> ! {
+    close_inherited(ctx);
+    let result = (|| -> Result<i32> {
+        ctx.plan.join_all()?;
+        let mut flags = ctx.plan.clone_flags;
+        if ctx.plan.new_user {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
+                .ctx(|| "unshare the user namespace")?;
+            ctx.channel
+                .send(&Msg::WriteMaps(nix::unistd::getpid().as_raw()))?;
+            ctx.channel.expect(&Msg::Continue, "wait for the id maps")?;
+            flags.remove(nix::sched::CloneFlags::CLONE_NEWUSER);
+        }
+        // SAFETY: single-threaded; the child runs the init.
+        match unsafe { sys::clone3(flags, libc::CLONE_PARENT as u64, None) }
+            .ctx(|| "clone the container init")?
+        {
+            Forked::Child => run_joined(ctx),
+            Forked::Parent(pid) => Ok(pid),
+        }
+    })();
+    match result {
+        Ok(pid) => {
+            let _ = ctx.channel.send(&Msg::Pid(pid));
+            exit(0)
+        }
+        Err(e) => {
+            let _ = ctx.channel.send(&Msg::Failed(e.to_string()));
+            exit(1)
+        }
+    }
+}
+
+/// Fast path entry: the clone already created the namespaces; join the others and go.
+pub fn run(ctx: &InitContext) -> ! {
+    close_inherited(ctx);
+    let result = ctx.plan.join_all().and_then(|_| setup(ctx));
+    fail(ctx, result)
+}
+
+fn close_inherited(ctx: &InitContext) {
+    if let Some(fd) = ctx.close_first {
+        let _ = nix::unistd::close(fd);
+    }
+}
+
+fn run_joined(ctx: &InitContext) -> ! {
+    fail(ctx, setup(ctx))
+}
+
+fn fail(ctx: &InitContext, result: Result<Infallible>) -> ! {
+    let Err(e) = result;
+    if ctx.channel.send(&Msg::Failed(e.to_string())).is_err() {
+        // After `create` returned nobody listens on the channel; stderr is all we have.
+        eprintln!("vessel-runtime: container {}: {e}", ctx.id);
+    }
+    exit(127)
+}
+
+fn setup(ctx: &InitContext) -> Result<Infallible> {
+    let spec = ctx.spec;
+    let process = ctx.process;
+    // The parent writes our id maps and puts us in our cgroup, then tells us our PID.
+    let host_pid = match ctx.channel.recv()? {
+        Some((Msg::Pid(p), _)) => p,
+        Some((Msg::Failed(t), _)) => return Err(Error::Child(t)),
+        _ => return Err(Error::Child("the runtime went away during create".into())),
+    };
+    if ctx.plan.new_user && maps_root(spec) {
+        // Become root of the new user namespace (we were "nobody" until the maps existed).
+        setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+            .ctx(|| "setresgid(0) in the user namespace")?;
+        setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+            .ctx(|| "setresuid(0) in the user namespace")?;
+    }
+    ctx.plan.late_unshare(spec)?;
+    if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+        nix::unistd::sethostname(h).ctx(|| format!("hostname: set {h:?}"))?;
+    }
+    if let Some(d) = spec.domainname().as_deref().filter(|d| !d.is_empty()) {
+        // SAFETY: valid buffer and length.
+        if unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) } != 0 {
+            return Err(std::io::Error::last_os_error()).ctx(|| format!("domainname: set {d:?}"));
+        }
+    }
+    if !ctx.no_new_keyring {
+        join_session_keyring(ctx.id);
+    }
+
+    let in_userns = ctx.plan.new_user
+        || ctx
+            .plan
+            .joined
+            .iter()
+            .any(|(t, _)| *t == oci_spec::runtime::LinuxNamespaceType::User);
+    let root = if ctx.plan.new_mount {
+        Some(mounts::prepare(&RootfsContext {
+            spec,
+            rootfs: ctx.rootfs,
+            in_userns,
+            new_cgroupns: spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.namespaces().as_ref())
+                .is_some_and(|ns| {
+                    ns.iter().any(|n| {
+                        n.typ() == oci_spec::runtime::LinuxNamespaceType::Cgroup
+                            && n.path().is_none()
+                    })
+                }),
+        })?)
+    } else {
+        None
+    };
+
+    let hooks = spec.hooks().as_ref();
+    let has_runtime_hooks = hooks.is_some_and(|h| {
+        h.prestart().as_ref().is_some_and(|v| !v.is_empty())
+            || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
+    });
+    if has_runtime_hooks {
+        ctx.channel.send(&Msg::RunHooks)?;
+        ctx.channel
+            .expect(&Msg::Continue, "wait for the runtime hooks")?;
+    }
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let hook_state = |status| HookState {
+        oci_version: spec.version(),
+        id: ctx.id,
+        status,
+        pid: Some(host_pid),
+        bundle: ctx.bundle,
+        annotations: Some(&annotations),
+    };
+    hooks::run_all(
+        "createContainer",
+        hooks.and_then(|h| h.create_container().as_ref()),
+        &hook_state("creating"),
+    )?;
+
+    match root {
+        Some(root) => {
+            mounts::switch_root(root, ctx.no_pivot)?;
+            mounts::finish(spec)?;
+        }
+        None => {
+            nix::unistd::chroot(ctx.rootfs).ctx(|| format!("chroot {}", ctx.rootfs.display()))?;
+            nix::unistd::chdir("/").ctx(|| "chdir /")?;
+        }
+    }
+
+    nix::unistd::setsid().ctx(|| "setsid")?;
+    if process.terminal().unwrap_or(false) {
+        let socket = ctx
+            .console
+            .ok_or_else(|| Error::Usage("process.terminal needs --console-socket".into()))?;
+        let (master, slave) = console::open_pty(process.console_size().as_ref())?;
+        console::send_master(socket, &master)?;
+        drop(master);
+        console::become_tty(&slave)?;
+    }
+    if let Some(fd) = ctx.console {
+        let _ = nix::unistd::close(fd);
+    }
+
+    setup_process(
+        ctx.channel,
+        process,
+        ctx.prepared,
+        spec,
+        ctx.preserve_fds,
+        true,
+    )?;
+    ctx.channel.send(&Msg::Ready)?;
+
+    // Wait for `start`.
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(ctx.fifo.as_raw_fd(), &mut byte) {
+            Ok(_) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).ctx(|| "wait for start on the exec fifo"),
+        }
+    }
+    hooks::run_all(
+        "startContainer",
+        hooks.and_then(|h| h.start_container().as_ref()),
+        &hook_state("created"),
+    )?;
+    finish_and_exec(process, ctx.prepared)
+}
+
+/// Whether the uid map gives the user namespace a root (container id 0).
+fn maps_root(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.uid_mappings().as_ref())
+        .is_some_and(|m| m.iter().any(|m| m.container_id() == 0))
+}
+
+/// The part shared with `exec`: limits, scheduling, seccomp (when it must come before the
+/// capability drop), user and capabilities, no_new_privs, cwd, and fd hygiene.
+pub fn setup_process(
+    channel: &Channel,
+    process: &Process,
+    prepared: &Prepared,
+    spec: &Spec,
+    preserve_fds: u32,
+    resolve_now: bool,
+) -> Result<()> {
+    process::apply_rlimits(process)?;
+    process::apply_scheduling(process)?;
+    if let Some(p) = spec.linux().as_ref().and_then(|l| l.personality().as_ref()) {
+        let persona = match p.domain() {
+            oci_spec::runtime::LinuxPersonalityDomain::PerLinux32 => 0x0008,
+            _ => 0x0000,
+        };
+        // SAFETY: plain syscall.
+        if unsafe { libc::personality(persona) } < 0 {
+            return Err(std::io::Error::last_os_error()).ctx(|| "linux.personality");
+        }
+    }
+    if resolve_now {
+        process::resolve_program(process)?;
+    }
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    if let Some(program) = &prepared.seccomp {
+        // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we still
+        // have it. A notify listener must be handed over before `create` returns.
+        if !nnp || program.needs_listener() {
+            if let Some(listener) = process::load_seccomp(program)? {
+                channel.send_with_fd(&Msg::SeccompListener, Some(listener.as_raw_fd()))?;
+                drop(listener);
+                channel.expect(&Msg::Continue, "hand over the seccomp listener")?;
+            }
+        }
+    }
+    let allow_setgroups = std::fs::read_to_string("/proc/self/setgroups")
+        .map(|s| s.trim() != "deny")
+        .unwrap_or(true);
+    process::apply_user_and_caps(process, allow_setgroups)?;
+    if nnp {
+        process::set_no_new_privs()?;
+    }
+    process::enter_cwd(process)?;
+    process::set_umask(process);
+    sys::cloexec_from(3 + preserve_fds).ctx(|| "close_range")?;
+    // Until execve replaces us, nothing in the container may open /proc/<us>/exe (our binary)
+    // or our memory (CVE-2019-5736): make the process non-dumpable.
+    nix::sys::prctl::set_dumpable(false).ctx(|| "prctl(PR_SET_DUMPABLE)")?;
+    Ok(())
+}
+
+/// Last steps after `start`: the late seccomp filter, final CPU affinity, execve.
+pub fn finish_and_exec(process: &Process, prepared: &Prepared) -> Result<Infallible> {
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    let resolved = process::resolve_program(process)?;
+    crate::lsm::apply_on_exec(process)?;
+    if let Some(program) = &prepared.seccomp {
+        if nnp && !program.needs_listener() {
+            process::load_seccomp(program)?;
+        }
+    }
+    process::apply_final_affinity(process)?;
+    Err(process::exec(prepared, &resolved))
+}
+
+/// runc gives each container its own session keyring, so containers don't share the
+/// host's keys. Kernels or user namespaces that refuse it are not an error.
+fn join_session_keyring(id: &str) {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    if let Ok(name) = std::ffi::CString::new(format!("_ses.{id}")) {
+        // SAFETY: plain syscall with a valid C string.
+        unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, name.as_ptr()) };
+    }
+}

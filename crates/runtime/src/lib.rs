@@ -1,0 +1,26 @@
+//! vessel's OCI runtime: a bundle and its config.json in, an isolated process out.
+//!
+//! `create` forks once (clone3 into every new namespace, straight into the cgroup on v2);
+//! the parent does the host-side work while the child builds the rootfs and drops
+//! privileges, then waits on a fifo that `start` releases. See DESIGN.md, "The runtime's
+//! process model".
+
+pub mod channel;
+pub mod console;
+pub mod container;
+pub mod create;
+pub mod error;
+pub mod exec;
+pub mod features;
+pub mod hooks;
+pub mod init;
+pub mod lsm;
+pub mod mounts;
+pub mod namespaces;
+pub mod process;
+pub mod spec;
+pub mod state;
+pub mod sys;
+pub mod template;
+
+pub use error::{Error, Result};

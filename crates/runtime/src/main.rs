@@ -1,0 +1,734 @@
+//! vessel-runtime: the runc-compatible command line. Parsing, output and exit codes only;
+//! the work is in the library.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use vessel_runtime::container;
+use vessel_runtime::create::{create, CreateOptions};
+use vessel_runtime::exec::{exec, process_from_args, ExecArgs, ExecOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "vessel-runtime",
+    version,
+    about = "vessel's OCI runtime (runc-compatible)"
+)]
+struct Cli {
+    /// Directory for container state.
+    #[arg(
+        long,
+        global = true,
+        env = "VESSEL_RUNTIME_ROOT",
+        default_value = "/run/vessel-runtime"
+    )]
+    root: PathBuf,
+    /// Write logs (and errors) to this file.
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    #[arg(long = "log-format", global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[arg(long, global = true)]
+    debug: bool,
+    /// Use systemd for cgroups (needs a running systemd).
+    #[arg(long = "systemd-cgroup", global = true)]
+    systemd_cgroup: bool,
+    /// Accepted for runc compatibility; checkpointing is not supported.
+    #[arg(long, global = true, hide = true)]
+    criu: Option<String>,
+    /// Accepted for runc compatibility (before the command only: `spec` has its own).
+    #[arg(long = "rootless", hide = true)]
+    rootless_mode: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct CreateArgs {
+    /// Path to the bundle (the directory with config.json).
+    #[arg(short, long, default_value = ".")]
+    bundle: PathBuf,
+    #[arg(long = "console-socket")]
+    console_socket: Option<PathBuf>,
+    #[arg(long = "pid-file")]
+    pid_file: Option<PathBuf>,
+    #[arg(long = "no-pivot")]
+    no_pivot: bool,
+    #[arg(long = "no-new-keyring")]
+    no_new_keyring: bool,
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    preserve_fds: u32,
+    id: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a container (it waits for `start`).
+    Create(CreateArgs),
+    /// Start a created container.
+    Start { id: String },
+    /// Create and start a container; wait for it unless --detach.
+    Run {
+        #[command(flatten)]
+        create: CreateArgs,
+        #[arg(short, long)]
+        detach: bool,
+        /// Do not delete the container after it exits.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Print the state of a container as JSON.
+    State { id: String },
+    /// Send a signal to the container's init (or to all its processes).
+    Kill {
+        #[arg(short, long)]
+        all: bool,
+        id: String,
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+    },
+    /// Delete a container and what it holds on the host.
+    Delete {
+        #[arg(short, long)]
+        force: bool,
+        id: String,
+    },
+    /// List containers.
+    List {
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Show the processes of a container.
+    Ps {
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        id: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// Run a new process in a container.
+    Exec {
+        #[arg(short, long)]
+        process: Option<PathBuf>,
+        #[arg(short, long)]
+        tty: bool,
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        #[arg(short, long)]
+        env: Vec<String>,
+        #[arg(short, long)]
+        user: Option<String>,
+        #[arg(short = 'g', long = "additional-gids")]
+        additional_gids: Vec<u32>,
+        #[arg(short, long)]
+        cap: Vec<String>,
+        #[arg(long = "no-new-privs")]
+        no_new_privs: bool,
+        #[arg(short, long)]
+        detach: bool,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        #[arg(long = "preserve-fds", default_value_t = 0)]
+        preserve_fds: u32,
+        #[arg(long, hide = true)]
+        apparmor: Option<String>,
+        #[arg(long = "process-label", hide = true)]
+        process_label: Option<String>,
+        id: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Freeze all processes of a container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+    /// Print container statistics (once with --stats, else every --interval).
+    Events {
+        #[arg(long)]
+        stats: bool,
+        #[arg(long, default_value = "5s")]
+        interval: String,
+        id: String,
+    },
+    /// Change the resource limits of a running container.
+    Update(Box<UpdateArgs>),
+    /// Print what this runtime supports (runtime-spec features document).
+    Features,
+    /// Write a default config.json.
+    Spec {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long)]
+        rootless: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct UpdateArgs {
+    /// JSON file with linux.resources ("-" for stdin).
+    #[arg(short, long)]
+    resources: Option<PathBuf>,
+    #[arg(long)]
+    memory: Option<String>,
+    #[arg(long = "memory-reservation")]
+    memory_reservation: Option<String>,
+    #[arg(long = "memory-swap")]
+    memory_swap: Option<String>,
+    #[arg(long = "kernel-memory", hide = true)]
+    kernel_memory: Option<String>,
+    #[arg(long = "kernel-memory-tcp", hide = true)]
+    kernel_memory_tcp: Option<String>,
+    #[arg(long = "cpu-shares")]
+    cpu_shares: Option<u64>,
+    #[arg(long = "cpu-period")]
+    cpu_period: Option<u64>,
+    #[arg(long = "cpu-quota")]
+    cpu_quota: Option<i64>,
+    #[arg(long = "cpu-rt-period")]
+    cpu_rt_period: Option<u64>,
+    #[arg(long = "cpu-rt-runtime")]
+    cpu_rt_runtime: Option<i64>,
+    #[arg(long = "cpuset-cpus")]
+    cpuset_cpus: Option<String>,
+    #[arg(long = "cpuset-mems")]
+    cpuset_mems: Option<String>,
+    #[arg(long = "blkio-weight")]
+    blkio_weight: Option<u16>,
+    #[arg(long = "pids-limit")]
+    pids_limit: Option<i64>,
+    id: String,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Table,
+    Json,
+}
+
+struct Logger {
+    file: Option<PathBuf>,
+    json: bool,
+}
+
+impl Logger {
+    fn error(&self, msg: &str) {
+        eprintln!("vessel-runtime: {msg}");
+        let Some(path) = &self.file else { return };
+        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        let line = if self.json {
+            serde_json::json!({"level": "error", "msg": msg, "time": time}).to_string()
+        } else {
+            format!("time={time:?} level=error msg={msg:?}")
+        };
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let logger = Logger {
+        file: cli.log.clone(),
+        json: cli.log_format == LogFormat::Json,
+    };
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            logger.error(&msg);
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    if cli.systemd_cgroup && !Path::new("/run/systemd/system").exists() {
+        bail!("--systemd-cgroup: systemd is not running on this host (no /run/systemd/system); use cgroupfs");
+    }
+    let root = cli.root;
+    match cli.command {
+        Command::Create(a) => {
+            create(&create_options(&root, a))?;
+            Ok(0)
+        }
+        Command::Start { id } => {
+            container::start(&root, &id)?;
+            Ok(0)
+        }
+        Command::Run {
+            create: a,
+            detach,
+            keep,
+        } => run_container(&root, a, detach, keep),
+        Command::State { id } => {
+            let v = container::state(&root, &id)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(0)
+        }
+        Command::Kill { all, id, signal } => {
+            let sig = container::parse_signal(&signal)?;
+            container::kill(&root, &id, sig, all)?;
+            Ok(0)
+        }
+        Command::Delete { force, id } => {
+            container::delete(&root, &id, force)?;
+            Ok(0)
+        }
+        Command::List { quiet, format } => {
+            let list = container::list(&root)?;
+            if quiet {
+                for c in &list {
+                    println!("{}", c.id);
+                }
+            } else if format == Format::Json {
+                // runc prints `null` for no containers; callers decode either.
+                if list.is_empty() {
+                    println!("null");
+                } else {
+                    println!("{}", serde_json::to_string(&list)?);
+                }
+            } else {
+                let mut rows = vec![["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"]
+                    .map(String::from)
+                    .to_vec()];
+                for c in &list {
+                    rows.push(vec![
+                        c.id.clone(),
+                        c.pid.to_string(),
+                        c.status.clone(),
+                        c.bundle.display().to_string(),
+                        c.created.clone(),
+                        if c.owner.is_empty() {
+                            "root".into()
+                        } else {
+                            c.owner.clone()
+                        },
+                    ]);
+                }
+                print_table(&rows);
+            }
+            Ok(0)
+        }
+        Command::Ps {
+            format,
+            id,
+            ps_args,
+        } => {
+            let pids = container::pids(&root, &id)?;
+            if format == Format::Json {
+                println!("{}", serde_json::to_string(&pids)?);
+                return Ok(0);
+            }
+            let args = if ps_args.is_empty() {
+                vec!["-ef".to_string()]
+            } else {
+                ps_args
+            };
+            let out = std::process::Command::new("ps")
+                .args(&args)
+                .output()
+                .context("run ps")?;
+            if !out.status.success() {
+                bail!(
+                    "ps {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut lines = text.lines();
+            let header = lines.next().unwrap_or("");
+            let col = header
+                .split_whitespace()
+                .position(|h| h == "PID")
+                .context("ps output has no PID column")?;
+            println!("{header}");
+            for line in lines {
+                if let Some(pid) = line
+                    .split_whitespace()
+                    .nth(col)
+                    .and_then(|p| p.parse::<i32>().ok())
+                {
+                    if pids.contains(&pid) {
+                        println!("{line}");
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Exec {
+            process,
+            tty,
+            cwd,
+            env,
+            user,
+            additional_gids,
+            cap,
+            no_new_privs,
+            detach,
+            pid_file,
+            console_socket,
+            preserve_fds,
+            apparmor,
+            process_label,
+            id,
+            args,
+        } => {
+            let mut proc = match process {
+                Some(path) => {
+                    let raw = if path == Path::new("-") {
+                        let mut buf = Vec::new();
+                        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+                        buf
+                    } else {
+                        std::fs::read(&path)
+                            .with_context(|| format!("read --process {}", path.display()))?
+                    };
+                    let de = &mut serde_json::Deserializer::from_slice(&raw);
+                    serde_path_to_error::deserialize::<_, oci_spec::runtime::Process>(de).map_err(
+                        |e| {
+                            anyhow::anyhow!(
+                                "--process {}: {}: {}",
+                                path.display(),
+                                e.path(),
+                                e.inner()
+                            )
+                        },
+                    )?
+                }
+                None => {
+                    if args.is_empty() {
+                        bail!("exec: give the command to run, or --process FILE");
+                    }
+                    process_from_args(
+                        &root,
+                        &id,
+                        &ExecArgs {
+                            args: &args,
+                            env: &env,
+                            cwd: cwd.as_deref(),
+                            user: user.as_deref(),
+                            additional_gids: &additional_gids,
+                            caps: &cap,
+                            tty,
+                            no_new_privs,
+                        },
+                    )?
+                }
+            };
+            if let Some(a) = apparmor {
+                proc.set_apparmor_profile(Some(a));
+            }
+            if let Some(l) = process_label {
+                proc.set_selinux_label(Some(l));
+            }
+            let pid = exec(&ExecOptions {
+                root: root.clone(),
+                id,
+                process: proc,
+                console_socket,
+                pid_file,
+                detach,
+                preserve_fds,
+            })?;
+            if detach {
+                return Ok(0);
+            }
+            Ok(wait_forwarding_signals(pid))
+        }
+        Command::Pause { id } => {
+            container::pause(&root, &id)?;
+            Ok(0)
+        }
+        Command::Resume { id } => {
+            container::resume(&root, &id)?;
+            Ok(0)
+        }
+        Command::Events {
+            stats,
+            interval,
+            id,
+        } => {
+            let every = parse_duration(&interval)?;
+            loop {
+                match container::stats(&root, &id) {
+                    Ok((_, s)) => {
+                        println!(
+                            "{}",
+                            serde_json::json!({"type": "stats", "id": id, "data": s})
+                        );
+                        std::io::stdout().flush()?;
+                    }
+                    Err(e) if !stats => {
+                        // The container went away: the event stream ends.
+                        let _ = e;
+                        return Ok(0);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                if stats {
+                    return Ok(0);
+                }
+                std::thread::sleep(every);
+            }
+        }
+        Command::Update(a) => {
+            let res = update_resources(&a)?;
+            container::update(&root, &a.id, &res)?;
+            Ok(0)
+        }
+        Command::Features => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&vessel_runtime::features::features())?
+            );
+            Ok(0)
+        }
+        Command::Spec { bundle, rootless } => {
+            let path = bundle.join("config.json");
+            if path.exists() {
+                bail!("{} already exists; remove it first", path.display());
+            }
+            let spec = vessel_runtime::template::default_spec(rootless);
+            std::fs::write(&path, serde_json::to_string_pretty(&spec)? + "\n")
+                .with_context(|| format!("write {}", path.display()))?;
+            Ok(0)
+        }
+    }
+}
+
+fn create_options(root: &Path, a: CreateArgs) -> CreateOptions {
+    CreateOptions {
+        root: root.to_path_buf(),
+        id: a.id,
+        bundle: a.bundle,
+        console_socket: a.console_socket,
+        pid_file: a.pid_file,
+        no_pivot: a.no_pivot,
+        no_new_keyring: a.no_new_keyring,
+        preserve_fds: a.preserve_fds,
+    }
+}
+
+fn run_container(root: &Path, a: CreateArgs, detach: bool, keep: bool) -> Result<i32> {
+    let id = a.id.clone();
+    let created = create(&create_options(root, a))?;
+    let pid = created.pid;
+    drop(created.dir);
+    if let Err(e) = container::start(root, &id) {
+        let _ = container::delete(root, &id, true);
+        return Err(e.into());
+    }
+    if detach {
+        return Ok(0);
+    }
+    let code = wait_forwarding_signals(pid);
+    if !keep {
+        container::delete(root, &id, true)?;
+    }
+    Ok(code)
+}
+
+static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = FORWARD_TO.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Wait for our child `pid`, passing on the signals a foreground runtime receives, as runc
+/// does. Returns its exit code (128+N for death by signal N).
+fn wait_forwarding_signals(pid: i32) -> i32 {
+    FORWARD_TO.store(pid, Ordering::Relaxed);
+    for sig in [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGWINCH,
+    ] {
+        // SAFETY: installing a handler that only calls kill().
+        unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
+    }
+    loop {
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => return code,
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 255,
+        }
+    }
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.first().map(|r| r.len()).unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i + 1 == cols {
+                    c.clone()
+                } else {
+                    format!("{c:<w$}", w = widths[i] + 3)
+                }
+            })
+            .collect();
+        println!("{}", line.join(""));
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("--interval {s:?}: not a duration"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => bail!("--interval {s:?}: unknown unit {unit:?} (ms, s, m, h)"),
+    };
+    if secs <= 0.0 {
+        bail!("--interval {s:?}: must be positive");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// "512m", "1g", "1024" → bytes; "-1" stays -1 (unlimited).
+fn parse_size(flag: &str, s: &str) -> Result<i64> {
+    if s == "-1" {
+        return Ok(-1);
+    }
+    let lower = s.to_ascii_lowercase();
+    let trimmed = lower.trim_end_matches('b');
+    let (num, mult) = match trimmed.chars().last() {
+        Some('k') => (&trimmed[..trimmed.len() - 1], 1i64 << 10),
+        Some('m') => (&trimmed[..trimmed.len() - 1], 1 << 20),
+        Some('g') => (&trimmed[..trimmed.len() - 1], 1 << 30),
+        Some('t') => (&trimmed[..trimmed.len() - 1], 1 << 40),
+        _ => (trimmed, 1),
+    };
+    let n: i64 = num
+        .parse()
+        .with_context(|| format!("{flag} {s:?}: not a size"))?;
+    n.checked_mul(mult)
+        .with_context(|| format!("{flag} {s:?}: too large"))
+}
+
+fn update_resources(a: &UpdateArgs) -> Result<oci_spec::runtime::LinuxResources> {
+    use oci_spec::runtime::*;
+    let mut res: LinuxResources = match &a.resources {
+        Some(p) => {
+            let raw = if p == Path::new("-") {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+                buf
+            } else {
+                std::fs::read(p).with_context(|| format!("read --resources {}", p.display()))?
+            };
+            let de = &mut serde_json::Deserializer::from_slice(&raw);
+            serde_path_to_error::deserialize(de)
+                .map_err(|e| anyhow::anyhow!("--resources: {}: {}", e.path(), e.inner()))?
+        }
+        None => LinuxResources::default(),
+    };
+    let mut mem = res.memory().clone().unwrap_or_default();
+    let mut mem_set = res.memory().is_some();
+    if let Some(v) = &a.memory {
+        mem.set_limit(Some(parse_size("--memory", v)?));
+        mem_set = true;
+    }
+    if let Some(v) = &a.memory_reservation {
+        mem.set_reservation(Some(parse_size("--memory-reservation", v)?));
+        mem_set = true;
+    }
+    if let Some(v) = &a.memory_swap {
+        mem.set_swap(Some(parse_size("--memory-swap", v)?));
+        mem_set = true;
+    }
+    if let Some(v) = &a.kernel_memory_tcp {
+        mem.set_kernel_tcp(Some(parse_size("--kernel-memory-tcp", v)?));
+        mem_set = true;
+    }
+    let _ = &a.kernel_memory; // obsolete since Linux 5.4; accepted and ignored like runc 1.1.
+    if mem_set {
+        res.set_memory(Some(mem));
+    }
+    let mut cpu = res.cpu().clone().unwrap_or_default();
+    let mut cpu_set = res.cpu().is_some();
+    if let Some(v) = a.cpu_shares {
+        cpu.set_shares(Some(v));
+        cpu_set = true;
+    }
+    if let Some(v) = a.cpu_period {
+        cpu.set_period(Some(v));
+        cpu_set = true;
+    }
+    if let Some(v) = a.cpu_quota {
+        cpu.set_quota(Some(v));
+        cpu_set = true;
+    }
+    if let Some(v) = a.cpu_rt_period {
+        cpu.set_realtime_period(Some(v));
+        cpu_set = true;
+    }
+    if let Some(v) = a.cpu_rt_runtime {
+        cpu.set_realtime_runtime(Some(v));
+        cpu_set = true;
+    }
+    if let Some(v) = &a.cpuset_cpus {
+        cpu.set_cpus(Some(v.clone()));
+        cpu_set = true;
+    }
+    if let Some(v) = &a.cpuset_mems {
+        cpu.set_mems(Some(v.clone()));
+        cpu_set = true;
+    }
+    if cpu_set {
+        res.set_cpu(Some(cpu));
+    }
+    if let Some(w) = a.blkio_weight {
+        let mut b = res.block_io().clone().unwrap_or_default();
+        b.set_weight(Some(w));
+        res.set_block_io(Some(b));
+    }
+    if let Some(l) = a.pids_limit {
+        let mut p = LinuxPids::default();
+        p.set_limit(l);
+        res.set_pids(Some(p));
+    }
+    Ok(res)
+}

@@ -1,0 +1,1056 @@
+//! Building the container's root filesystem inside its new mount namespace: mount options,
+//! destinations resolved safely inside the rootfs, devices, pivot_root, masked and read-only
+//! paths. Runs in the container's init, before any user code.
+//!
+//! Every destination is resolved with `openat2(RESOLVE_IN_ROOT)` from a descriptor of the
+//! rootfs and mounted through `/proc/self/fd/N`, so a symlink planted in the image can never
+//! redirect a mount to the host (CVE-2021-30465 class).
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{fchmodat, mknodat, FchmodatFlags, Mode, SFlag};
+use nix::unistd::{chdir, fchdir, fchownat, pivot_root, Gid, Uid};
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
+
+use crate::error::{Context, Error, Result};
+use crate::sys::{fd_path, open_in_root};
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    pub flags: MsFlags,
+    pub propagation: Option<MsFlags>,
+    /// Filesystem-specific options passed as mount data ("mode=755", "size=64k", ...).
+    pub data: Vec<String>,
+    /// mount_setattr(2) attributes applied recursively ("rro", "rnosuid", ...).
+    pub attr_set: u64,
+    pub attr_clr: u64,
+    pub idmap: bool,
+}
+
+pub fn propagation_flag(name: &str) -> Option<MsFlags> {
+    Some(match name {
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "slave" => MsFlags::MS_SLAVE,
+        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        _ => return None,
+    })
+}
+
+// mount_setattr(2) attribute bits (linux/mount.h).
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+const MOUNT_ATTR_RELATIME: u64 = 0x0;
+const MOUNT_ATTR_NOATIME: u64 = 0x10;
+const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
+const MOUNT_ATTR__ATIME: u64 = 0x70;
+const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
+
+impl MountOptions {
+    pub fn parse(options: &[String]) -> std::result::Result<MountOptions, String> {
+        let mut o = MountOptions {
+            flags: MsFlags::empty(),
+            propagation: None,
+            data: Vec::new(),
+            attr_set: 0,
+            attr_clr: 0,
+            idmap: false,
+        };
+        for opt in options {
+            let (set, clear) = match opt.as_str() {
+                "defaults" => (MsFlags::empty(), MsFlags::empty()),
+                "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+                "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+                "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
+                "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+                "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
+                "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+                "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
+                "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+                "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+                "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
+                "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
+                "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
+                "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
+                "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK),
+                "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
+                "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+                "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
+                "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+                "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+                "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
+                "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
+                "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
+                "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
+                "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
+                "silent" => (MsFlags::MS_SILENT, MsFlags::empty()),
+                "loud" => (MsFlags::empty(), MsFlags::MS_SILENT),
+                "idmap" | "ridmap" => {
+                    o.idmap = true;
+                    continue;
+                }
+                other => {
+                    if let Some(p) = propagation_flag(other) {
+                        o.propagation = Some(p);
+                    } else if let Some((set, clr)) = recursive_attr(other) {
+                        o.attr_set |= set;
+                        o.attr_clr |= clr;
+                    } else if other.is_empty() {
+                        return Err("empty option".into());
+                    } else {
+                        o.data.push(other.to_string());
+                    }
+                    continue;
+                }
+            };
+            o.flags.insert(set);
+            o.flags.remove(clear);
+        }
+        if o.idmap {
+            return Err(
+                "\"idmap\": id-mapped mounts are not supported by this version of vessel-runtime"
+                    .into(),
+            );
+        }
+        Ok(o)
+    }
+
+    fn data(&self) -> Option<String> {
+        (!self.data.is_empty()).then(|| self.data.join(","))
+    }
+}
+
+fn recursive_attr(opt: &str) -> Option<(u64, u64)> {
+    Some(match opt {
+        "rro" => (MOUNT_ATTR_RDONLY, 0),
+        "rrw" => (0, MOUNT_ATTR_RDONLY),
+        "rnosuid" => (MOUNT_ATTR_NOSUID, 0),
+        "rsuid" => (0, MOUNT_ATTR_NOSUID),
+        "rnodev" => (MOUNT_ATTR_NODEV, 0),
+        "rdev" => (0, MOUNT_ATTR_NODEV),
+        "rnoexec" => (MOUNT_ATTR_NOEXEC, 0),
+        "rexec" => (0, MOUNT_ATTR_NOEXEC),
+        "rnodiratime" => (MOUNT_ATTR_NODIRATIME, 0),
+        "rdiratime" => (0, MOUNT_ATTR_NODIRATIME),
+        "rrelatime" => (MOUNT_ATTR_RELATIME, MOUNT_ATTR__ATIME),
+        "rnorelatime" => (0, 0),
+        "rnoatime" => (MOUNT_ATTR_NOATIME, MOUNT_ATTR__ATIME),
+        "ratime" => (0, MOUNT_ATTR_NOATIME),
+        "rstrictatime" => (MOUNT_ATTR_STRICTATIME, MOUNT_ATTR__ATIME),
+        "rnostrictatime" => (0, MOUNT_ATTR_STRICTATIME),
+        _ => return None,
+    })
+}
+
+fn mount_setattr_recursive(fd: BorrowedFd, set: u64, clr: u64) -> std::io::Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clr,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: valid pointers for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Safe path handling inside the rootfs
+
+/// Open `path` inside the root, creating missing directories on the way. Each step is resolved
+/// from the root again, so a symlink swapped in between steps still cannot leave the root.
+pub fn mkdir_all(root: BorrowedFd, path: &Path) -> Result<OwnedFd> {
+    let dir_flags = libc::O_PATH | libc::O_DIRECTORY;
+    match open_in_root(root, path, dir_flags) {
+        Ok(fd) => return Ok(fd),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(e).ctx(|| format!("resolve {} in the rootfs", path.display())),
+    }
+    let mut sofar = PathBuf::from("/");
+    let mut cur = open_in_root(root, Path::new("/"), dir_flags).ctx(|| "open the rootfs")?;
+    for comp in path.components() {
+        let name = match comp {
+            Component::Normal(name) => name,
+            Component::ParentDir => {
+                sofar.push("..");
+                cur = open_in_root(root, &sofar, dir_flags)
+                    .ctx(|| format!("resolve {} in the rootfs", sofar.display()))?;
+                continue;
+            }
+            _ => continue,
+        };
+        sofar.push(name);
+        match open_in_root(root, &sofar, dir_flags) {
+            Ok(fd) => cur = fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                match nix::sys::stat::mkdirat(
+                    Some(cur.as_raw_fd()),
+                    name,
+                    Mode::from_bits_truncate(0o755),
+                ) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => {
+                        return Err(e).ctx(|| format!("create {} in the rootfs", sofar.display()))
+                    }
+                }
+                cur = open_in_root(root, &sofar, dir_flags).ctx(|| {
+                    format!(
+                        "resolve {} in the rootfs (is it a dangling symlink?)",
+                        sofar.display()
+                    )
+                })?;
+            }
+            Err(e) => return Err(e).ctx(|| format!("resolve {} in the rootfs", sofar.display())),
+        }
+    }
+    Ok(cur)
+}
+
+/// Open (creating an empty regular file if needed) a non-directory mount target in the root.
+pub fn mkfile(root: BorrowedFd, path: &Path) -> Result<OwnedFd> {
+    match open_in_root(root, path, libc::O_PATH) {
+        Ok(fd) => return Ok(fd),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(e).ctx(|| format!("resolve {} in the rootfs", path.display())),
+    }
+    let (parent, name) = split(path)?;
+    let dir = mkdir_all(root, parent)?;
+    match nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        name,
+        nix::fcntl::OFlag::O_CREAT
+            | nix::fcntl::OFlag::O_EXCL
+            | nix::fcntl::OFlag::O_WRONLY
+            | nix::fcntl::OFlag::O_NOFOLLOW
+            | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    ) {
+        Ok(fd) => drop(nix::unistd::close(fd)),
+        Err(Errno::EEXIST) => {}
+        Err(e) => return Err(e).ctx(|| format!("create {} in the rootfs", path.display())),
+    }
+    open_in_root(root, path, libc::O_PATH)
+        .ctx(|| format!("resolve {} in the rootfs", path.display()))
+}
+
+fn split(path: &Path) -> Result<(&Path, &OsStr)> {
+    match (path.parent(), path.file_name()) {
+        (Some(p), Some(n)) => Ok((p, n)),
+        _ => Err(Error::config(format!(
+            "{}: not a file path",
+            path.display()
+        ))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Preparing the rootfs (before pivot_root)
+
+pub struct RootfsContext<'a> {
+    pub spec: &'a Spec,
+    pub rootfs: &'a Path,
+    /// Inside a new user namespace: mknod is not allowed, devices are bind-mounted instead.
+    pub in_userns: bool,
+    pub new_cgroupns: bool,
+}
+
+/// Make the mount tree private to us, bind the rootfs onto itself (pivot_root needs a mount
+/// point) and do every mount in config.json. Returns a descriptor of the new root.
+pub fn prepare(ctx: &RootfsContext) -> Result<OwnedFd> {
+    let linux = ctx.spec.linux().as_ref();
+    let propagation = linux
+        .and_then(|l| l.rootfs_propagation().as_deref())
+        .and_then(propagation_flag)
+        .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
+    mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>)
+        .ctx(|| "set the propagation of / in the container's mount namespace")?;
+    // The parent of the rootfs must not be shared, or pivot_root fails (EINVAL).
+    make_parent_private(ctx.rootfs)?;
+    mount(
+        Some(ctx.rootfs),
+        ctx.rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .ctx(|| format!("bind mount the rootfs {}", ctx.rootfs.display()))?;
+    let root: OwnedFd = std::fs::File::open(ctx.rootfs)
+        .ctx(|| format!("open the rootfs {}", ctx.rootfs.display()))?
+        .into();
+
+    let mut dev_is_bind = false;
+    for (i, m) in ctx.spec.mounts().iter().flatten().enumerate() {
+        mount_one(root.as_fd(), m, ctx).map_err(|e| {
+            Error::Child(format!("mounts[{i}] ({}): {e}", m.destination().display()))
+        })?;
+        if m.destination() == Path::new("/dev") && is_bind(m) {
+            dev_is_bind = true;
+        }
+    }
+    if !dev_is_bind {
+        create_devices(root.as_fd(), ctx)?;
+        create_dev_symlinks(root.as_fd())?;
+    }
+    Ok(root)
+}
+
+fn make_parent_private(rootfs: &Path) -> Result<()> {
+    // Find the mount that contains the rootfs and make it private if it is shared.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "read mountinfo")?;
+    let mut best: Option<(&str, bool)> = None;
+    for line in mountinfo.lines() {
+        let mut f = line.split(' ');
+        let mnt = match f.nth(4) {
+            Some(m) => m,
+            None => continue,
+        };
+        let optional: Vec<&str> = f.skip(1).take_while(|s| *s != "-").collect();
+        let shared = optional.iter().any(|o| o.starts_with("shared:"));
+        let mnt_path = Path::new(mnt);
+        if rootfs.starts_with(mnt_path) && best.is_none_or(|(b, _)| mnt.len() >= b.len()) {
+            best = Some((mnt, shared));
+        }
+    }
+    if let Some((mnt, true)) = best {
+        mount(
+            None::<&str>,
+            mnt,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .ctx(|| format!("make {mnt} private"))?;
+    }
+    Ok(())
+}
+
+fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .iter()
+            .flatten()
+            .any(|o| o == "bind" || o == "rbind")
+}
+
+fn mount_one(root: BorrowedFd, m: &Mount, ctx: &RootfsContext) -> Result<()> {
+    let opts = MountOptions::parse(m.options().as_deref().unwrap_or(&[])).map_err(Error::Config)?;
+    let typ = m.typ().as_deref().unwrap_or("");
+    let dest = m.destination();
+    if typ == "cgroup" || typ == "cgroup2" {
+        return mount_cgroup(root, dest, &opts, ctx);
+    }
+    let bind = is_bind(m);
+    let source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
+    let target = if bind {
+        let meta =
+            std::fs::metadata(&source).ctx(|| format!("bind source {}", source.display()))?;
+        if meta.is_dir() {
+            mkdir_all(root, dest)?
+        } else {
+            mkfile(root, dest)?
+        }
+    } else {
+        mkdir_all(root, dest)?
+    };
+    let target_path = fd_path(target.as_fd());
+    if bind {
+        mount(
+            Some(&source),
+            target_path.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC),
+            None::<&str>,
+        )
+        .ctx(|| format!("bind {} to {}", source.display(), dest.display()))?;
+        let extra = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+        if !extra.is_empty() {
+            // Re-resolve: the old descriptor points at the directory under the new mount.
+            let mounted = open_in_root(root, dest, libc::O_PATH)
+                .ctx(|| format!("resolve {}", dest.display()))?;
+            remount_bind(&fd_path(mounted.as_fd()), extra)
+                .ctx(|| format!("remount {} with {:?}", dest.display(), m.options()))?;
+        }
+    } else {
+        let data = opts.data();
+        let result = mount(
+            Some(&source),
+            target_path.as_str(),
+            Some(typ),
+            opts.flags,
+            data.as_deref(),
+        );
+        match result {
+            Ok(()) => {}
+            // sysfs needs a network namespace of our own when we are in a user namespace; as
+            // runc does, fall back to a recursive, read-only bind of the host's /sys.
+            Err(Errno::EPERM) if typ == "sysfs" && ctx.in_userns => {
+                mount(
+                    Some("/sys"),
+                    target_path.as_str(),
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                )
+                .ctx(|| format!("bind /sys to {}", dest.display()))?;
+            }
+            Err(e) => {
+                return Err(e).ctx(|| {
+                    format!(
+                        "mount {} ({typ}) on {} with {:?}",
+                        source.display(),
+                        dest.display(),
+                        m.options().as_deref().unwrap_or(&[])
+                    )
+                })
+            }
+        }
+    }
+    if opts.propagation.is_some() || opts.attr_set != 0 || opts.attr_clr != 0 {
+        let mounted =
+            open_in_root(root, dest, libc::O_PATH).ctx(|| format!("resolve {}", dest.display()))?;
+        if let Some(p) = opts.propagation {
+            mount(
+                None::<&str>,
+                fd_path(mounted.as_fd()).as_str(),
+                None::<&str>,
+                p,
+                None::<&str>,
+            )
+            .ctx(|| format!("set propagation of {}", dest.display()))?;
+        }
+        if opts.attr_set != 0 || opts.attr_clr != 0 {
+            mount_setattr_recursive(mounted.as_fd(), opts.attr_set, opts.attr_clr)
+                .ctx(|| format!("set recursive attributes on {}", dest.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Remount a bind mount with new flags. In a user namespace some flags of the source are
+/// locked (nodev, nosuid, ...): if the kernel refuses, keep the locked ones and retry.
+fn remount_bind(target: &str, flags: MsFlags) -> nix::Result<()> {
+    let base = MsFlags::MS_BIND | MsFlags::MS_REMOUNT;
+    match mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        base | flags,
+        None::<&str>,
+    ) {
+        Err(Errno::EPERM) => {
+            let locked = statvfs_flags(target).unwrap_or(MsFlags::empty());
+            mount(
+                None::<&str>,
+                target,
+                None::<&str>,
+                base | flags | locked,
+                None::<&str>,
+            )
+        }
+        r => r,
+    }
+}
+
+fn statvfs_flags(path: &str) -> Option<MsFlags> {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    let st = statvfs(path).ok()?;
+    let f = st.flags();
+    let mut out = MsFlags::empty();
+    for (fs, ms) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if f.contains(fs) {
+            out |= ms;
+        }
+    }
+    Some(out)
+}
+
+/// cgroup mounts. With a cgroup namespace the cgroup filesystems are mounted afresh (they show
+/// the container's cgroup as their root); without one, the container's own cgroup directories
+/// are bind-mounted, so the container never sees its siblings.
+fn mount_cgroup(
+    root: BorrowedFd,
+    dest: &Path,
+    opts: &MountOptions,
+    ctx: &RootfsContext,
+) -> Result<()> {
+    let hierarchies = host_cgroup_hierarchies()?;
+    let own = own_cgroups()?;
+    let flags = opts.flags
+        & (MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_RELATIME);
+    let target = mkdir_all(root, dest)?;
+    let unified_only = hierarchies.len() == 1
+        && hierarchies[0].version == 2
+        && hierarchies[0].mount_point == Path::new("/sys/fs/cgroup");
+    if unified_only {
+        let tp = fd_path(target.as_fd());
+        return if ctx.new_cgroupns {
+            mount(
+                Some("cgroup2"),
+                tp.as_str(),
+                Some("cgroup2"),
+                flags,
+                None::<&str>,
+            )
+            .ctx(|| format!("mount cgroup2 on {}", dest.display()))
+        } else {
+            let src = join_cgroup(
+                Path::new("/sys/fs/cgroup"),
+                own.get("").map(String::as_str).unwrap_or("/"),
+            );
+            mount(
+                Some(&src),
+                tp.as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .ctx(|| format!("bind {} on {}", src.display(), dest.display()))?;
+            remount_bind(&tp, flags).ctx(|| format!("remount {}", dest.display()))
+        };
+    }
+    // v1 / hybrid: a tmpfs holding one directory per hierarchy.
+    mount(
+        Some("tmpfs"),
+        fd_path(target.as_fd()).as_str(),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=755"),
+    )
+    .ctx(|| format!("mount tmpfs for cgroups on {}", dest.display()))?;
+    for h in &hierarchies {
+        let name = h.dir_name();
+        let sub = dest.join(&name);
+        let fd = mkdir_all(root, &sub)?;
+        let tp = fd_path(fd.as_fd());
+        let key = if h.version == 2 {
+            String::new()
+        } else {
+            h.controllers.clone()
+        };
+        if ctx.new_cgroupns {
+            let (fstype, data) = if h.version == 2 {
+                ("cgroup2", None)
+            } else {
+                ("cgroup", Some(h.controllers.clone()))
+            };
+            mount(
+                Some("cgroup"),
+                tp.as_str(),
+                Some(fstype),
+                flags,
+                data.as_deref(),
+            )
+            .ctx(|| format!("mount cgroup {name} on {}", sub.display()))?;
+        } else {
+            let within = own.get(&key).map(String::as_str).unwrap_or("/");
+            let src = join_cgroup(&h.mount_point, within);
+            mount(
+                Some(&src),
+                tp.as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .ctx(|| format!("bind {} on {}", src.display(), sub.display()))?;
+            remount_bind(&tp, flags).ctx(|| format!("remount {}", sub.display()))?;
+        }
+        // cpu,cpuacct mounted together also get "cpu" and "cpuacct" symlinks, as on the host.
+        if name.contains(',') {
+            for part in name.split(',') {
+                let dir = mkdir_all(root, dest)?;
+                let _ = nix::unistd::symlinkat(name.as_str(), Some(dir.as_raw_fd()), part);
+            }
+        }
+    }
+    if opts.flags.contains(MsFlags::MS_RDONLY) {
+        let fd =
+            open_in_root(root, dest, libc::O_PATH).ctx(|| format!("resolve {}", dest.display()))?;
+        remount_bind(
+            &fd_path(fd.as_fd()),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        )
+        .ctx(|| format!("remount {} read-only", dest.display()))?;
+    }
+    Ok(())
+}
+
+fn join_cgroup(mount_point: &Path, within: &str) -> PathBuf {
+    mount_point.join(within.trim_start_matches('/'))
+}
+
+struct Hierarchy {
+    version: u8,
+    mount_point: PathBuf,
+    /// v1: the superblock options naming the controllers ("cpu,cpuacct", "name=systemd").
+    controllers: String,
+}
+
+impl Hierarchy {
+    fn dir_name(&self) -> String {
+        if self.version == 2 {
+            return "unified".into();
+        }
+        self.controllers
+            .strip_prefix("name=")
+            .unwrap_or(&self.controllers)
+            .to_string()
+    }
+}
+
+fn host_cgroup_hierarchies() -> Result<Vec<Hierarchy>> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "read mountinfo")?;
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        let (pre, post) = match line.split_once(" - ") {
+            Some(x) => x,
+            None => continue,
+        };
+        let mount_point = match pre.split(' ').nth(4) {
+            Some(m) => PathBuf::from(m),
+            None => continue,
+        };
+        let mut post = post.split(' ');
+        let fstype = post.next().unwrap_or("");
+        let super_opts = post.nth(1).unwrap_or("");
+        match fstype {
+            "cgroup2" => out.push(Hierarchy {
+                version: 2,
+                mount_point,
+                controllers: String::new(),
+            }),
+            "cgroup" => {
+                let controllers = super_opts
+                    .split(',')
+                    .filter(|o| {
+                        !matches!(
+                            *o,
+                            "rw" | "ro"
+                                | "relatime"
+                                | "nosuid"
+                                | "nodev"
+                                | "noexec"
+                                | "clone_children"
+                        ) && !o.starts_with("release_agent")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",");
+                if !out
+                    .iter()
+                    .any(|h: &Hierarchy| h.controllers == controllers && h.version == 1)
+                {
+                    out.push(Hierarchy {
+                        version: 1,
+                        mount_point,
+                        controllers,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// /proc/self/cgroup as a map from the controller list ("" for v2) to the path.
+fn own_cgroups() -> Result<std::collections::HashMap<String, String>> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ctx(|| "read /proc/self/cgroup")?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let _id = f.next()?;
+            let ctl = f.next()?;
+            let path = f.next()?;
+            Some((ctl.to_string(), path.to_string()))
+        })
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Devices
+
+fn default_devices() -> [(&'static str, u64, u64); 6] {
+    [
+        ("/dev/null", 1, 3),
+        ("/dev/zero", 1, 5),
+        ("/dev/full", 1, 7),
+        ("/dev/random", 1, 8),
+        ("/dev/urandom", 1, 9),
+        ("/dev/tty", 5, 0),
+    ]
+}
+
+fn create_devices(root: BorrowedFd, ctx: &RootfsContext) -> Result<()> {
+    let listed: Vec<&LinuxDevice> = ctx
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().as_ref())
+        .map(|d| d.iter().collect())
+        .unwrap_or_default();
+    for (path, major, minor) in default_devices() {
+        if listed.iter().any(|d| d.path() == Path::new(path)) {
+            continue;
+        }
+        make_device(
+            root,
+            Path::new(path),
+            SFlag::S_IFCHR,
+            major,
+            minor,
+            0o666,
+            0,
+            0,
+            ctx.in_userns,
+        )?;
+    }
+    for (i, d) in listed.iter().enumerate() {
+        let kind = match d.typ() {
+            LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
+            LinuxDeviceType::B => SFlag::S_IFBLK,
+            LinuxDeviceType::P => SFlag::S_IFIFO,
+            LinuxDeviceType::A => {
+                return Err(Error::config(format!(
+                    "linux.devices[{i}].type: \"a\" is only valid in device cgroup rules"
+                )))
+            }
+        };
+        if !d.path().starts_with("/dev") {
+            return Err(Error::config(format!(
+                "linux.devices[{i}].path: {} is not under /dev",
+                d.path().display()
+            )));
+        }
+        make_device(
+            root,
+            d.path(),
+            kind,
+            d.major() as u64,
+            d.minor() as u64,
+            d.file_mode().unwrap_or(0o666),
+            d.uid().unwrap_or(0),
+            d.gid().unwrap_or(0),
+            ctx.in_userns,
+        )
+        .map_err(|e| Error::Child(format!("linux.devices[{i}] ({}): {e}", d.path().display())))?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make_device(
+    root: BorrowedFd,
+    path: &Path,
+    kind: SFlag,
+    major: u64,
+    minor: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    in_userns: bool,
+) -> Result<()> {
+    let (parent, name) = split(path)?;
+    let dir = mkdir_all(root, parent)?;
+    if in_userns {
+        // mknod is not allowed in a user namespace: bind the host's node instead.
+        let target = mkfile(root, path)?;
+        return mount(
+            Some(path),
+            fd_path(target.as_fd()).as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .ctx(|| format!("bind the host's {}", path.display()));
+    }
+    let perm = Mode::from_bits_truncate(mode & 0o7777);
+    match mknodat(
+        Some(dir.as_raw_fd()),
+        name,
+        kind,
+        perm,
+        nix::sys::stat::makedev(major, minor),
+    ) {
+        Ok(()) => {}
+        Err(Errno::EEXIST) => {
+            // Replace whatever the image put there (it could be a symlink to a host path).
+            nix::unistd::unlinkat(
+                Some(dir.as_raw_fd()),
+                name,
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            )
+            .ctx(|| format!("replace {}", path.display()))?;
+            mknodat(
+                Some(dir.as_raw_fd()),
+                name,
+                kind,
+                perm,
+                nix::sys::stat::makedev(major, minor),
+            )
+            .ctx(|| format!("mknod {}", path.display()))?;
+        }
+        Err(e) => return Err(e).ctx(|| format!("mknod {}", path.display())),
+    }
+    // mknod obeys the umask; set the exact mode and owner asked for.
+    fchmodat(
+        Some(dir.as_raw_fd()),
+        name,
+        perm,
+        FchmodatFlags::NoFollowSymlink,
+    )
+    .or_else(|e| {
+        if e == Errno::EOPNOTSUPP {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })
+    .ctx(|| format!("chmod {}", path.display()))?;
+    fchownat(
+        Some(dir.as_raw_fd()),
+        name,
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .ctx(|| format!("chown {}", path.display()))?;
+    Ok(())
+}
+
+fn create_dev_symlinks(root: BorrowedFd) -> Result<()> {
+    let dev = mkdir_all(root, Path::new("/dev"))?;
+    let mut links = vec![
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+    ];
+    if Path::new("/proc/kcore").exists() {
+        links.push(("/proc/kcore", "core"));
+    }
+    for (target, name) in links {
+        match nix::unistd::symlinkat(target, Some(dev.as_raw_fd()), name) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(e).ctx(|| format!("symlink /dev/{name}")),
+        }
+    }
+    // /dev/ptmx must be the container's own devpts instance, not a host node.
+    if open_in_root(root, Path::new("/dev/pts/ptmx"), libc::O_PATH).is_ok() {
+        let _ = nix::unistd::unlinkat(
+            Some(dev.as_raw_fd()),
+            "ptmx",
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+        nix::unistd::symlinkat("pts/ptmx", Some(dev.as_raw_fd()), "ptmx")
+            .ctx(|| "symlink /dev/ptmx")?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Switching root, and what comes after
+
+pub fn switch_root(root: OwnedFd, no_pivot: bool) -> Result<()> {
+    if no_pivot {
+        fchdir(root.as_raw_fd()).ctx(|| "chdir into the rootfs")?;
+        mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .ctx(|| "move the rootfs to / (--no-pivot)")?;
+        nix::unistd::chroot(".").ctx(|| "chroot into the rootfs")?;
+    } else {
+        let old: OwnedFd = std::fs::File::open("/").ctx(|| "open the old root")?.into();
+        fchdir(root.as_raw_fd()).ctx(|| "chdir into the rootfs")?;
+        // pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves
+        // only the new root, with no directory needed for the old one.
+        pivot_root(".", ".").ctx(|| "pivot_root into the rootfs")?;
+        fchdir(old.as_raw_fd()).ctx(|| "chdir into the old root")?;
+        mount(
+            None::<&str>,
+            ".",
+            None::<&str>,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .ctx(|| "make the old root a slave")?;
+        umount2(".", MntFlags::MNT_DETACH).ctx(|| "detach the old root")?;
+    }
+    chdir("/").ctx(|| "chdir to the new root")?;
+    Ok(())
+}
+
+/// After pivot_root: propagation of the new root, sysctls, masked and read-only paths, and a
+/// read-only root if asked.
+pub fn finish(spec: &Spec) -> Result<()> {
+    let linux = spec.linux().as_ref();
+    if let Some(p) = linux
+        .and_then(|l| l.rootfs_propagation().as_deref())
+        .and_then(propagation_flag)
+    {
+        mount(None::<&str>, "/", None::<&str>, p, None::<&str>).ctx(|| "set rootfsPropagation")?;
+    }
+    if let Some(sysctl) = linux.and_then(|l| l.sysctl().as_ref()) {
+        for (key, value) in sysctl {
+            let path = format!("/proc/sys/{}", key.replace('.', "/"));
+            std::fs::write(&path, value.as_bytes())
+                .ctx(|| format!("linux.sysctl: set {key}={value}"))?;
+        }
+    }
+    for p in linux
+        .and_then(|l| l.masked_paths().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        mask_path(p)?;
+    }
+    for p in linux
+        .and_then(|l| l.readonly_paths().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        readonly_path(p)?;
+    }
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
+        remount_bind("/", MsFlags::MS_RDONLY).ctx(|| "root.readonly: remount / read-only")?;
+    }
+    Ok(())
+}
+
+fn mask_path(path: &str) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).ctx(|| format!("linux.maskedPaths: {path}")),
+    };
+    if meta.is_dir() {
+        mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            Some("size=0k"),
+        )
+        .ctx(|| format!("linux.maskedPaths: mask {path}"))
+    } else {
+        match mount(
+            Some("/dev/null"),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        ) {
+            // A path below an already read-only or masked tree cannot be a mount point: fine.
+            Err(Errno::ENOENT) => Ok(()),
+            r => r.ctx(|| format!("linux.maskedPaths: mask {path}")),
+        }
+    }
+}
+
+fn readonly_path(path: &str) -> Result<()> {
+    match mount(
+        Some(path),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    ) {
+        Err(Errno::ENOENT) => return Ok(()),
+        r => r.ctx(|| format!("linux.readonlyPaths: bind {path}"))?,
+    }
+    remount_bind(
+        path,
+        MsFlags::MS_RDONLY
+            | MsFlags::MS_REC
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC,
+    )
+    .ctx(|| format!("linux.readonlyPaths: remount {path} read-only"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(list: &[&str]) -> MountOptions {
+        MountOptions::parse(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn parses_flags_data_and_propagation() {
+        let o = opts(&[
+            "nosuid",
+            "noexec",
+            "nodev",
+            "mode=755",
+            "size=65536k",
+            "rslave",
+            "ro",
+        ]);
+        assert!(o.flags.contains(
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV | MsFlags::MS_RDONLY
+        ));
+        assert_eq!(o.data, vec!["mode=755", "size=65536k"]);
+        assert_eq!(o.propagation, Some(MsFlags::MS_SLAVE | MsFlags::MS_REC));
+        let o = opts(&["ro", "rw", "rbind"]);
+        assert!(!o.flags.contains(MsFlags::MS_RDONLY));
+        assert!(o.flags.contains(MsFlags::MS_BIND | MsFlags::MS_REC));
+        let o = opts(&["rro", "rnosuid"]);
+        assert_eq!(o.attr_set, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID);
+    }
+
+    #[test]
+    fn rejects_empty_and_idmap() {
+        assert!(MountOptions::parse(&["".into()]).is_err());
+        assert!(MountOptions::parse(&["idmap".into()])
+            .unwrap_err()
+            .contains("idmap"));
+    }
+}

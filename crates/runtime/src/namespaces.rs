@@ -1,0 +1,194 @@
+//! Which namespaces a container creates and which it joins, and how: the plan is made in the
+//! parent (validate, open and type-check every joined namespace) so the child only acts.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use nix::sched::{setns, unshare, CloneFlags};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::error::{Context, Error, Result};
+use crate::spec::{ns_flag, ns_name};
+use crate::sys;
+
+pub const CLONE_NEWTIME: CloneFlags = CloneFlags::from_bits_retain(libc::CLONE_NEWTIME);
+
+pub struct NsPlan {
+    /// Namespaces created by the clone that makes the init (fast path) or by the second clone
+    /// (slow path). Never includes time (see `new_time`).
+    pub clone_flags: CloneFlags,
+    /// Namespaces to join, user first, each with its verified descriptor.
+    pub joined: Vec<(LinuxNamespaceType, OwnedFd)>,
+    pub new_user: bool,
+    /// cgroup v1 has no CLONE_INTO_CGROUP: the init unshares its cgroup namespace only after
+    /// the parent has moved it into its cgroup, so the namespace is rooted there.
+    pub deferred_cgroupns: bool,
+    /// A new time namespace is made with unshare, its offsets written, then entered with
+    /// setns(time_for_children): clone(CLONE_NEWTIME) would enter it before offsets can be set.
+    pub new_time: bool,
+    pub new_mount: bool,
+    pub joined_mount: bool,
+    /// Joining a user or pid namespace, or creating a user namespace while joining others,
+    /// needs an intermediate process (setns first, then clone).
+    pub slow: bool,
+}
+
+impl NsPlan {
+    pub fn new(spec: &Spec, cgroup_v2_clone: bool) -> Result<NsPlan> {
+        let namespaces = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .unwrap_or_default();
+        let mut plan = NsPlan {
+            clone_flags: CloneFlags::empty(),
+            joined: Vec::new(),
+            new_user: false,
+            deferred_cgroupns: false,
+            new_time: false,
+            new_mount: false,
+            joined_mount: false,
+            slow: false,
+        };
+        for (i, ns) in namespaces.iter().enumerate() {
+            let t = ns.typ();
+            match ns.path() {
+                None => match t {
+                    LinuxNamespaceType::Time => plan.new_time = true,
+                    LinuxNamespaceType::Cgroup if !cgroup_v2_clone => plan.deferred_cgroupns = true,
+                    _ => {
+                        plan.clone_flags |= ns_flag(t);
+                        if t == LinuxNamespaceType::User {
+                            plan.new_user = true;
+                        }
+                        if t == LinuxNamespaceType::Mount {
+                            plan.new_mount = true;
+                        }
+                    }
+                },
+                Some(path) => {
+                    let f = std::fs::File::open(path).map_err(|e| {
+                        Error::config(format!(
+                            "config.json: linux.namespaces[{i}].path: {}: {e}",
+                            path.display()
+                        ))
+                    })?;
+                    let fd: OwnedFd = f.into();
+                    let kind = sys::ns_type(fd.as_fd()).map_err(|_| {
+                        Error::config(format!(
+                            "config.json: linux.namespaces[{i}].path: {} is not a namespace",
+                            path.display()
+                        ))
+                    })?;
+                    if kind != ns_flag(t) {
+                        return Err(Error::config(format!(
+                            "config.json: linux.namespaces[{i}].path: {} is not a {} namespace",
+                            path.display(),
+                            ns_name(t)
+                        )));
+                    }
+                    if t == LinuxNamespaceType::Mount {
+                        plan.joined_mount = true;
+                    }
+                    plan.joined.push((t, fd));
+                }
+            }
+        }
+        if !plan.new_mount && !plan.joined_mount {
+            return Err(Error::config(
+                "config.json: linux.namespaces: a mount namespace is required (the rootfs is set up in it)",
+            ));
+        }
+        // setns order: user first (it decides what we may do in the others), mount last.
+        plan.joined.sort_by_key(|(t, _)| match t {
+            LinuxNamespaceType::User => 0,
+            LinuxNamespaceType::Mount => 2,
+            _ => 1,
+        });
+        let joins_user = plan
+            .joined
+            .iter()
+            .any(|(t, _)| *t == LinuxNamespaceType::User);
+        let joins_pid = plan
+            .joined
+            .iter()
+            .any(|(t, _)| *t == LinuxNamespaceType::Pid);
+        plan.slow = joins_user || joins_pid || (plan.new_user && !plan.joined.is_empty());
+        Ok(plan)
+    }
+
+    /// Enter every namespace that is joined by path (called in the child or intermediate).
+    pub fn join_all(&self) -> Result<()> {
+        for (t, fd) in &self.joined {
+            setns(fd.as_fd(), CloneFlags::empty())
+                .ctx(|| format!("join the {} namespace", ns_name(*t)))?;
+        }
+        Ok(())
+    }
+
+    /// After the parent has done its part: cgroup namespace (v1) and time namespace.
+    pub fn late_unshare(&self, spec: &Spec) -> Result<()> {
+        if self.deferred_cgroupns {
+            unshare(CloneFlags::CLONE_NEWCGROUP).ctx(|| "unshare the cgroup namespace")?;
+        }
+        if self.new_time {
+            unshare(CLONE_NEWTIME).ctx(|| "unshare the time namespace")?;
+            let offsets = spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.time_offsets().as_ref());
+            let mut text = String::new();
+            for (clock, off) in offsets.into_iter().flatten() {
+                text.push_str(&format!(
+                    "{clock} {} {}\n",
+                    off.secs().unwrap_or(0),
+                    off.nanosecs().unwrap_or(0)
+                ));
+            }
+            if !text.is_empty() {
+                std::fs::write("/proc/self/timens_offsets", text.as_bytes())
+                    .ctx(|| "linux.timeOffsets: write /proc/self/timens_offsets")?;
+            }
+            let child_ns = std::fs::File::open("/proc/self/ns/time_for_children")
+                .ctx(|| "open the new time namespace")?;
+            setns(child_ns.as_fd(), CLONE_NEWTIME).ctx(|| "enter the new time namespace")?;
+        }
+        Ok(())
+    }
+}
+
+/// Write uid_map/gid_map of `pid` from the parent (host root may map any range).
+pub fn write_id_maps(pid: i32, spec: &Spec) -> Result<()> {
+    let linux = match spec.linux() {
+        Some(l) => l,
+        None => return Ok(()),
+    };
+    let fmt = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        maps.iter()
+            .flatten()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect::<String>()
+    };
+    let gid = fmt(linux.gid_mappings());
+    if !gid.is_empty() {
+        std::fs::write(format!("/proc/{pid}/gid_map"), gid.as_bytes()).ctx(|| {
+            format!(
+                "linux.gidMappings: write {}",
+                gid.trim().replace('\n', "; ")
+            )
+        })?;
+    }
+    let uid = fmt(linux.uid_mappings());
+    if !uid.is_empty() {
+        std::fs::write(format!("/proc/{pid}/uid_map"), uid.as_bytes()).ctx(|| {
+            format!(
+                "linux.uidMappings: write {}",
+                uid.trim().replace('\n', "; ")
+            )
+        })?;
+    }
+    Ok(())
+}
+
+pub fn raw(fd: &OwnedFd) -> i32 {
+    fd.as_raw_fd()
+}

@@ -1,0 +1,202 @@
+//! Thin wrappers for the syscalls that neither `nix` nor `caps` cover (clone3, openat2,
+//! close_range, namespace type queries, fd passing). Nothing here has policy; callers decide.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use nix::sched::CloneFlags;
+
+/// Result of [`clone3`] as seen by each side.
+pub enum Forked {
+    Parent(i32),
+    Child,
+}
+
+/// `clone3(2)` with namespace flags, optionally straight into a cgroup v2 directory
+/// (`CLONE_INTO_CGROUP`), so the child never runs a single instruction outside its cgroup.
+///
+/// # Safety
+/// Must be called from a single-threaded process: the child continues on a copy of the
+/// caller's memory with only the calling thread.
+pub unsafe fn clone3(flags: CloneFlags, extra: u64, cgroup: Option<RawFd>) -> io::Result<Forked> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let mut args = CloneArgs {
+        flags: flags.bits() as u32 as u64 | extra,
+        exit_signal: if extra & libc::CLONE_PARENT as u64 != 0 {
+            0
+        } else {
+            libc::SIGCHLD as u64
+        },
+        ..Default::default()
+    };
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd as u64;
+    }
+    let ret = libc::syscall(
+        libc::SYS_clone3,
+        &mut args as *mut CloneArgs,
+        std::mem::size_of::<CloneArgs>(),
+    );
+    match ret {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid as i32)),
+    }
+}
+
+/// Open `path` relative to `root` with every component — symlinks and `..` included —
+/// resolved as if `root` were `/` (`RESOLVE_IN_ROOT`), and never through /proc magic links.
+/// This is what keeps a hostile rootfs from redirecting a mount or a write to the host.
+pub fn open_in_root(root: BorrowedFd, path: &Path, flags: i32) -> io::Result<OwnedFd> {
+    let cpath = cstr(path)?;
+    // Our own struct: libc's open_how is non-exhaustive.
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    loop {
+        // SAFETY: valid pointers for the duration of the call.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root.as_raw_fd(),
+                cpath.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: the kernel just gave us this descriptor.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        }
+        let err = io::Error::last_os_error();
+        // openat2 returns EAGAIN when a concurrent rename raced the resolution: retry.
+        if err.raw_os_error() != Some(libc::EAGAIN) {
+            return Err(err);
+        }
+    }
+}
+
+/// Mark every descriptor from `first` upwards close-on-exec, so nothing the runtime (or its
+/// caller) holds reaches the container's process (CVE-2024-21626 class).
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+    // SAFETY: plain syscall on integers.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The namespace kind an nsfs descriptor refers to (`NS_GET_NSTYPE`).
+pub fn ns_type(fd: BorrowedFd) -> io::Result<CloneFlags> {
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: ioctl without argument on a valid fd.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(CloneFlags::from_bits_truncate(r))
+}
+
+/// `/proc/self/fd/N`: the path through which a mount can target exactly the inode we resolved
+/// (the kernel follows the magic link to the object, not to a name that could be swapped).
+pub fn fd_path(fd: BorrowedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+pub fn cstr(path: &Path) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat), used to
+/// tell our container's init from an unrelated process that later got the same PID.
+/// Returns None when the process is gone or is a zombie.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    // `rest` starts at field 3 (state); start time is field 22.
+    fields.nth(18)?.parse().ok()
+}
+
+/// Send a signal through a pidfd, so the signal cannot hit a recycled PID.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptor from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+pub fn pidfd_send_signal(pidfd: BorrowedFd, sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Block until the process behind `pidfd` has exited (pidfds poll readable on exit).
+pub fn pidfd_wait_exit(pidfd: BorrowedFd, timeout_ms: i32) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if r >= 0 {
+            return Ok(r > 0);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}

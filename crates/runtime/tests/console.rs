@@ -1,0 +1,93 @@
+//! process.terminal: the pty master arrives over --console-socket (SCM_RIGHTS), as conmon
+//! and containerd expect, and the container sees a real terminal.
+
+mod common;
+use common::*;
+
+use std::io::{IoSliceMut, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+
+fn receive_master(listener: UnixListener) -> OwnedFd {
+    let (stream, _) = listener.accept().expect("accept console socket");
+    let mut buf = [0u8; 256];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::empty(),
+    )
+    .expect("recvmsg");
+    for c in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: received via SCM_RIGHTS.
+            return unsafe { OwnedFd::from_raw_fd(fds[0]) };
+        }
+    }
+    panic!("no fd received on the console socket");
+}
+
+#[test]
+fn terminal_is_handed_over_the_console_socket() {
+    let env = TestEnv::new();
+    let id = unique("tty");
+    let cg = unique("cg");
+    let mut cfg = busybox_config(&["sh", "-c", "tty; stty size; echo done"], &cg);
+    cfg["process"]["terminal"] = serde_json::json!(true);
+    cfg["process"]["consoleSize"] = serde_json::json!({"height": 33, "width": 101});
+    env.write_config(&cfg);
+    let _guard = Cleanup {
+        env: &env,
+        id: id.clone(),
+    };
+    let sock = env.tmp.path().join("console.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let receiver = std::thread::spawn(move || receive_master(listener));
+    let o = rt_out(
+        &env,
+        &[
+            "create",
+            "--bundle",
+            env.bundle.to_str().unwrap(),
+            "--console-socket",
+            sock.to_str().unwrap(),
+            &id,
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let master = receiver.join().unwrap();
+    assert!(rt_out(&env, &["start", &id]).status.success());
+    let mut f = std::fs::File::from(master);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&out).contains("done") {
+        match f.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("/dev/pts/0"), "{text}");
+    assert!(text.contains("33 101"), "{text}");
+}
+
+#[test]
+fn terminal_without_console_socket_is_refused() {
+    let env = TestEnv::new();
+    let id = unique("tty");
+    let cg = unique("cg");
+    let mut cfg = busybox_config(&["true"], &cg);
+    cfg["process"]["terminal"] = serde_json::json!(true);
+    env.write_config(&cfg);
+    let o = rt_out(
+        &env,
+        &["create", "--bundle", env.bundle.to_str().unwrap(), &id],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--console-socket"), "{}", stderr(&o));
+    assert_gone(&env, &id, &cg);
+}

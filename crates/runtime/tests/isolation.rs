@@ -1,0 +1,231 @@
+//! What the kernel really applied, read from inside the container (/proc/self/status,
+//! mountinfo, uid_map, ...) and compared with what config.json asked for.
+
+mod common;
+use common::*;
+use serde_json::json;
+
+fn run_with(mutate: impl FnOnce(&mut serde_json::Value), script: &str) -> (i32, String, String) {
+    let env = TestEnv::new();
+    let id = unique("iso");
+    let cg = unique("cg");
+    let mut cfg = busybox_config(&["sh", "-c", script], &cg);
+    mutate(&mut cfg);
+    env.write_config(&cfg);
+    let r = run_container(&env, &id);
+    assert_gone(&env, &id, &cg);
+    r
+}
+
+fn status_field(status: &str, field: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("{field} not in {status}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn namespaces_are_new_and_pid_is_one() {
+    let (code, out, err) = run_with(
+        |_| {},
+        "echo $$; for n in pid net mnt ipc uts cgroup; do readlink /proc/self/ns/$n; done",
+    );
+    assert_eq!(code, 0, "{err}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("1"));
+    let host = |ns: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{ns}"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    for (line, ns) in lines.zip(["pid", "net", "mnt", "ipc", "uts", "cgroup"]) {
+        assert_ne!(line, host(ns), "{ns} namespace is the host's");
+    }
+}
+
+#[test]
+fn capabilities_nnp_and_seccomp_mode_as_configured() {
+    let (code, out, err) = run_with(
+        |c| {
+            c["process"]["capabilities"] = json!({
+                "bounding": ["CAP_KILL", "CAP_CHOWN"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"],
+                "inheritable": [], "ambient": []
+            });
+            c["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                {"names": ["mkdirat", "mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
+            ]});
+        },
+        "cat /proc/self/status; mkdir /tmp/x && echo MKDIR-OK || echo MKDIR-DENIED",
+    );
+    assert_eq!(code, 0, "{err}");
+    // CAP_KILL is bit 5, CAP_CHOWN bit 0.
+    assert_eq!(status_field(&out, "CapEff"), format!("{:016x}", 1u64 << 5));
+    assert_eq!(status_field(&out, "CapPrm"), format!("{:016x}", 1u64 << 5));
+    assert_eq!(
+        status_field(&out, "CapBnd"),
+        format!("{:016x}", (1u64 << 5) | 1)
+    );
+    assert_eq!(status_field(&out, "CapInh"), "0000000000000000");
+    assert_eq!(status_field(&out, "NoNewPrivs"), "1");
+    assert_eq!(status_field(&out, "Seccomp"), "2");
+    assert!(out.contains("MKDIR-DENIED"), "{out}");
+}
+
+#[test]
+fn user_groups_umask_cwd_env_and_rlimits() {
+    let (code, out, err) = run_with(
+        |c| {
+            c["process"]["user"] =
+                json!({"uid": 1000, "gid": 1001, "additionalGids": [5, 7], "umask": 63});
+            c["process"]["cwd"] = json!("/tmp");
+            c["process"]["env"] = json!(["PATH=/bin", "HELLO=world"]);
+            c["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 512, "hard": 600}, {"type": "RLIMIT_NPROC", "soft": 100, "hard": 100}]);
+        },
+        "id -u; id -g; id -G; umask; pwd; echo $HELLO; ulimit -n; ulimit -Hn; ulimit -u",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "1000\n1001\n1001 5 7\n0077\n/tmp\nworld\n512\n600\n100\n"
+    );
+}
+
+#[test]
+fn hostname_mounts_masked_and_readonly_paths() {
+    let (code, out, err) = run_with(
+        |c| {
+            c["hostname"] = json!("boxname");
+            c["root"]["readonly"] = json!(true);
+            c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m", "noexec"]}));
+        },
+        "hostname; cat /proc/kcore | wc -c; ls /sys/firmware | wc -l; \
+         echo 1 > /proc/sys/kernel/domainname 2>/dev/null && echo SYS-WRITABLE || echo SYS-RO; \
+         touch /rootfile 2>/dev/null && echo ROOT-WRITABLE || echo ROOT-RO; \
+         touch /scratch/f && echo SCRATCH-OK; grep ' /scratch ' /proc/self/mountinfo; \
+         ls -l /dev/null /dev/zero /dev/ptmx; ls /dev",
+    );
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "boxname");
+    assert_eq!(lines[1], "0", "masked /proc/kcore must read as empty");
+    assert_eq!(lines[2], "0", "masked /sys/firmware must be empty");
+    assert_eq!(lines[3], "SYS-RO");
+    assert_eq!(lines[4], "ROOT-RO");
+    assert_eq!(lines[5], "SCRATCH-OK");
+    assert!(
+        lines[6].contains("noexec") && lines[6].contains("tmpfs"),
+        "{}",
+        lines[6]
+    );
+    assert!(
+        out.contains("crw-rw-rw-    1 root     root        1,   3"),
+        "{out}"
+    );
+    assert!(out.contains("/dev/ptmx -> pts/ptmx"), "{out}");
+}
+
+#[test]
+fn only_stdio_reaches_the_container() {
+    // CVE-2024-21626 class: no descriptor of the runtime (or its caller) leaks in.
+    let (code, out, err) = run_with(|_| {}, "ls /proc/self/fd");
+    assert_eq!(code, 0, "{err}");
+    // 0, 1, 2 and the fd ls itself opened for the directory.
+    let fds: Vec<&str> = out.lines().collect();
+    assert!(fds.len() <= 4, "{fds:?}");
+    for f in ["0", "1", "2"] {
+        assert!(fds.contains(&f));
+    }
+}
+
+#[test]
+fn cwd_through_proc_fd_is_refused() {
+    let (code, _out, err) = run_with(|c| c["process"]["cwd"] = json!("/proc/self/fd/7"), "pwd");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("process.cwd"), "{err}");
+}
+
+#[test]
+fn user_namespace_with_mappings() {
+    let (code, out, err) = run_with(
+        |c| {
+            c["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "user"}));
+            c["linux"]["uidMappings"] =
+                json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+            c["linux"]["gidMappings"] =
+                json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        },
+        "cat /proc/self/uid_map /proc/self/gid_map; id -u; ls -ln /dev/null",
+    );
+    assert_eq!(code, 0, "{err}");
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(
+        &words[..6],
+        &["0", "100000", "65536", "0", "100000", "65536"]
+    );
+    assert_eq!(words[6], "0");
+}
+
+#[test]
+fn sysctl_and_time_namespace_offsets() {
+    let (code, out, err) = run_with(
+        |c| {
+            c["linux"]["sysctl"] = json!({"kernel.shmmax": "123456789"});
+            c["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "time"}));
+            c["linux"]["timeOffsets"] = json!({"boottime": {"secs": 86400 * 365, "nanosecs": 0}});
+        },
+        "cat /proc/sys/kernel/shmmax; cut -d. -f1 /proc/uptime",
+    );
+    assert_eq!(code, 0, "{err}");
+    let mut l = out.lines();
+    assert_eq!(l.next(), Some("123456789"));
+    let uptime: u64 = l.next().unwrap().parse().unwrap();
+    assert!(
+        uptime >= 86400 * 365,
+        "uptime {uptime} does not include the boottime offset"
+    );
+}
+
+#[test]
+fn memory_and_pids_limits_reach_the_cgroup() {
+    let (code, out, err) = run_with(
+        |c| {
+            c["linux"]["resources"]["memory"] = json!({"limit": 64 * 1024 * 1024});
+            c["linux"]["resources"]["pids"] = json!({"limit": 42});
+        },
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max; \
+         cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{}\n42\n", 64 * 1024 * 1024));
+}
+
+#[test]
+fn runtime_binary_is_not_reachable_from_a_created_container() {
+    // CVE-2019-5736: while the init is still our code (before start), a process exec'd into
+    // the container must not be able to open /proc/1/exe.
+    let env = TestEnv::new();
+    let id = unique("exe");
+    let cg = unique("cg");
+    env.write_config(&busybox_config(&["true"], &cg));
+    let _guard = Cleanup {
+        env: &env,
+        id: id.clone(),
+    };
+    let o = rt_out(
+        &env,
+        &["create", "--bundle", env.bundle.to_str().unwrap(), &id],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = rt_out(&env, &["exec", &id, "sh", "-c", "cat /proc/1/exe > /dev/null && echo READABLE || echo DENIED; echo x >> /proc/1/exe && echo WRITABLE || echo DENIED"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "DENIED\nDENIED\n");
+}
