@@ -601,3 +601,104 @@ fn pushed_images_are_byte_identical_for_skopeo_and_vessel() {
         .join("bin/busybox")
         .is_file());
 }
+
+#[test]
+fn docker_hub_names_are_pulled_through_a_mirror() {
+    let (work, content, built) = fake_content();
+    let reg = fake(content, |_, r| r);
+    let root = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(root.path()).unwrap());
+    let mut o = opts_with_authfile(work.path());
+    o.mirrors = serde_json::from_str(&format!(
+        r#"{{"registry-mirrors":["http://{}"]}}"#,
+        reg.host()
+    ))
+    .unwrap();
+    // docker.io/vesseltest/app: served by the mirror, never by the Hub.
+    let res = do_pull(&store, "vesseltest/app", &o).unwrap();
+    assert_eq!(res.digest.as_str(), built.manifest_digest);
+    let out = store.images().unwrap();
+    assert_eq!(out[0].repository.as_deref(), Some("vesseltest/app"));
+    assert!(reg
+        .requests()
+        .iter()
+        .any(|r| r.path.starts_with("/v2/vesseltest/app/manifests/latest")));
+}
+
+#[test]
+fn platform_is_chosen_from_an_index() {
+    let (work, mut content, built) = fake_content();
+    let host = common::oci::host_arch();
+    let other = if host == "amd64" { "arm64" } else { "amd64" };
+    let missing = format!("sha256:{}", "e".repeat(64));
+    let man_size = content.blobs[&built.manifest_digest].len();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": missing, "size": 10, "platform": {"architecture": other, "os": "linux"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": built.manifest_digest, "size": man_size, "platform": {"architecture": host, "os": "linux"}},
+        ]
+    });
+    let data = serde_json::to_vec(&index).unwrap();
+    let index_digest = format!("sha256:{}", common::oci::hex_of(&data));
+    content.manifests.insert(
+        "multi".into(),
+        ("application/vnd.oci.image.index.v1+json".into(), data),
+    );
+    let reg = fake(content, |_, r| r);
+    let name = format!("{}/vesseltest/app:multi", reg.host());
+
+    let root = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(root.path()).unwrap());
+    let res = do_pull(&store, &name, &opts_with_authfile(work.path())).unwrap();
+    assert_eq!(
+        res.digest.as_str(),
+        index_digest,
+        "the repo digest is the index's, as docker records it"
+    );
+    assert_eq!(res.id.as_str(), built.config_digest);
+
+    let mut o = opts_with_authfile(work.path());
+    o.platform = Some(vessel_image::manifest::Platform::parse(&format!("linux/{other}")).unwrap());
+    let e = do_pull(&store, &name, &o).unwrap_err().to_string();
+    assert!(
+        e.contains("manifest unknown"),
+        "chose the {other} entry: {e}"
+    );
+    o.platform = Some(vessel_image::manifest::Platform::parse("linux/s390x").unwrap());
+    let e = do_pull(&store, &name, &o).unwrap_err().to_string();
+    assert!(
+        e.contains("no image for platform linux/s390x") && e.contains(&format!("linux/{other}")),
+        "{e}"
+    );
+}
+
+#[test]
+fn concurrent_pulls_of_the_same_image_share_one_copy() {
+    let (work, content, _) = fake_content();
+    let reg = fake(content, |_, r| r);
+    let root = tempfile::tempdir().unwrap();
+    let name = format!("{}/vesseltest/app:latest", reg.host());
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    // A Store per thread: its own database connection, as another process has.
+                    let store = Arc::new(Store::open(root.path()).unwrap());
+                    do_pull(&store, &name, &opts_with_authfile(work.path())).unwrap()
+                })
+            })
+            .collect();
+        let ids: Vec<_> = hs.into_iter().map(|h| h.join().unwrap().id).collect();
+        assert!(ids.windows(2).all(|w| w[0] == w[1]));
+    });
+    let snaps: Vec<String> = tree(&root.path().join("snapshots"))
+        .into_iter()
+        .filter(|p| !p.contains('/'))
+        .collect();
+    assert_eq!(snaps.len(), 2, "{snaps:?}");
+    assert_store_has_no_partials(root.path());
+    let store = Store::open(root.path()).unwrap();
+    check_pulled(&store, &name);
+}

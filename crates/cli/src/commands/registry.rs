@@ -146,9 +146,13 @@ pub fn pull(a: PullArgs, store: Store) -> Result<ExitCode> {
     let store = Arc::new(store);
     let reference = Reference::parse(&a.name)?;
     let platform = a.platform.as_deref().map(Platform::parse).transpose()?;
+    let mirrors = vessel_image::registry::mirrors::RegistriesConfig::load_default()?;
+    let mut registry = a.registry.options();
+    registry.insecure_registries = mirrors.insecure.clone();
     let opts = PullOptions {
-        registry: a.registry.options(),
+        registry,
         platform,
+        mirrors,
         ..PullOptions::default()
     };
     let explicit_tag = a

@@ -65,6 +65,7 @@ pub struct PullOptions {
     pub registry: RegistryOptions,
     pub platform: Option<Platform>,
     pub concurrency: usize,
+    pub mirrors: super::mirrors::RegistriesConfig,
 }
 
 impl Default for PullOptions {
@@ -73,6 +74,7 @@ impl Default for PullOptions {
             registry: RegistryOptions::default(),
             platform: None,
             concurrency: DEFAULT_CONCURRENCY,
+            mirrors: Default::default(),
         }
     }
 }
@@ -91,19 +93,11 @@ pub async fn pull(
     opts: &PullOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<PullResult> {
-    let client = Arc::new(
-        Client::connect(
-            reference.registry_host(),
-            reference.path(),
-            false,
-            &opts.registry,
-        )
-        .await?,
-    );
     progress.event(PullEvent::Resolved {
         reference: reference.clone(),
     });
-    let top = client.manifest(&reference.manifest_reference()).await?;
+    let (client, top) = resolve(reference, opts).await?;
+    let client = Arc::new(client);
     let want = opts
         .platform
         .clone()
@@ -300,6 +294,35 @@ pub async fn pull(
         digest: top.digest,
         fresh,
     })
+}
+
+/// Connects and fetches the top manifest: from each mirror in turn (Docker Hub images
+/// only), then from the registry itself.
+async fn resolve(
+    reference: &Reference,
+    opts: &PullOptions,
+) -> Result<(Client, super::client::Manifest)> {
+    let want = reference.manifest_reference();
+    for mirror in opts.mirrors.mirrors_for(reference.domain()) {
+        let attempt = async {
+            let c = Client::connect(&mirror, reference.path(), false, &opts.registry).await?;
+            let m = c.manifest(&want).await?;
+            Ok::<_, Error>((c, m))
+        };
+        match attempt.await {
+            Ok(r) => return Ok(r),
+            Err(e) => tracing::warn!("mirror {mirror}: {e}; trying the next source"),
+        }
+    }
+    let c = Client::connect(
+        reference.registry_host(),
+        reference.path(),
+        false,
+        &opts.registry,
+    )
+    .await?;
+    let m = c.manifest(&want).await?;
+    Ok((c, m))
 }
 
 fn select_platform<'a>(list: &'a [Descriptor], want: &Platform) -> Option<&'a Descriptor> {
