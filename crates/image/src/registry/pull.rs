@@ -220,6 +220,8 @@ pub async fn pull(
         }
     }
     let fresh = !todo.is_empty() || store.db().image(&id)?.is_none();
+    // Largest first: with a bounded number in flight, that shortens the critical path.
+    todo.sort_by_key(|&i| std::cmp::Reverse(m.layers[i].size));
     let results = futures_util::stream::iter(todo.iter().map(|&i| {
         let job = LayerJob {
             client: client.clone(),
