@@ -1,0 +1,204 @@
+//! Validation and compilation with libseccomp.
+
+use std::io::{Read, Seek};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::str::FromStr;
+
+use libseccomp::{
+    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+};
+use oci_spec::runtime::{
+    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator,
+};
+
+use crate::program::{Instruction, Program};
+use crate::{io, Error, Result};
+
+pub(crate) const SECCOMP_FILTER_FLAG_TSYNC: u32 = 1;
+pub(crate) const SECCOMP_FILTER_FLAG_LOG: u32 = 2;
+pub(crate) const SECCOMP_FILTER_FLAG_SPEC_ALLOW: u32 = 4;
+pub(crate) const SECCOMP_FILTER_FLAG_NEW_LISTENER: u32 = 8;
+pub(crate) const SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: u32 = 32;
+
+fn action(a: LinuxSeccompAction, errno: Option<u32>, field: &str) -> Result<ScmpAction> {
+    Ok(match a {
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
+            ScmpAction::KillThread
+        }
+        LinuxSeccompAction::ScmpActKillProcess => ScmpAction::KillProcess,
+        LinuxSeccompAction::ScmpActTrap => ScmpAction::Trap,
+        LinuxSeccompAction::ScmpActErrno => {
+            let e = errno.unwrap_or(libc::EPERM as u32);
+            if e > u16::MAX as u32 {
+                return Err(Error::Profile(format!(
+                    "{field}: errnoRet {e} is out of range"
+                )));
+            }
+            ScmpAction::Errno(e as i32)
+        }
+        LinuxSeccompAction::ScmpActTrace => {
+            ScmpAction::Trace(errno.unwrap_or(libc::EPERM as u32) as u16)
+        }
+        LinuxSeccompAction::ScmpActLog => ScmpAction::Log,
+        LinuxSeccompAction::ScmpActAllow => ScmpAction::Allow,
+        LinuxSeccompAction::ScmpActNotify => ScmpAction::Notify,
+    })
+}
+
+fn operator(op: LinuxSeccompOperator, value_two: Option<u64>) -> ScmpCompareOp {
+    match op {
+        LinuxSeccompOperator::ScmpCmpNe => ScmpCompareOp::NotEqual,
+        LinuxSeccompOperator::ScmpCmpLt => ScmpCompareOp::Less,
+        LinuxSeccompOperator::ScmpCmpLe => ScmpCompareOp::LessOrEqual,
+        LinuxSeccompOperator::ScmpCmpEq => ScmpCompareOp::Equal,
+        LinuxSeccompOperator::ScmpCmpGe => ScmpCompareOp::GreaterEqual,
+        LinuxSeccompOperator::ScmpCmpGt => ScmpCompareOp::Greater,
+        // The spec puts the mask in `value` and the expected result in `valueTwo`.
+        LinuxSeccompOperator::ScmpCmpMaskedEq => ScmpCompareOp::MaskedEqual(value_two.unwrap_or(0)),
+    }
+}
+
+fn lib(what: impl Into<String>) -> impl FnOnce(libseccomp::error::SeccompError) -> Error {
+    let what = what.into();
+    move |source| Error::Libseccomp { what, source }
+}
+
+pub fn filter_flags(spec: &LinuxSeccomp) -> u32 {
+    let mut flags = 0;
+    for f in spec.flags().iter().flatten() {
+        flags |= match f {
+            LinuxSeccompFilterFlag::SeccompFilterFlagTsync => SECCOMP_FILTER_FLAG_TSYNC,
+            LinuxSeccompFilterFlag::SeccompFilterFlagLog => SECCOMP_FILTER_FLAG_LOG,
+            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => SECCOMP_FILTER_FLAG_SPEC_ALLOW,
+            LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => {
+                SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+            }
+        };
+    }
+    flags
+}
+
+/// Validate and compile. Syscall names libseccomp does not know are skipped, as runc does:
+/// profiles such as Docker's list syscalls newer than some kernels and libseccomp versions.
+pub fn compile(spec: &LinuxSeccomp) -> Result<Program> {
+    let default = action(
+        spec.default_action(),
+        spec.default_errno_ret(),
+        "linux.seccomp.defaultAction",
+    )?;
+    let mut needs_listener = default == ScmpAction::Notify;
+    let mut ctx = ScmpFilterContext::new(default).map_err(lib("the default action"))?;
+    // We load the program ourselves; these attributes only matter for libseccomp's own load.
+    let _ = ctx.set_ctl_nnp(false);
+    for (i, arch) in spec.architectures().iter().flatten().enumerate() {
+        let name = serde_json::to_value(arch)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let a = ScmpArch::from_str(&name).map_err(|_| {
+            Error::Profile(format!(
+                "linux.seccomp.architectures[{i}]: unknown architecture {name:?}"
+            ))
+        })?;
+        if a != ScmpArch::native() {
+            ctx.add_arch(a)
+                .map_err(lib(format!("linux.seccomp.architectures[{i}] {name}")))?;
+        }
+    }
+    for (i, rule) in spec.syscalls().iter().flatten().enumerate() {
+        let field = format!("linux.seccomp.syscalls[{i}]");
+        let act = action(rule.action(), rule.errno_ret(), &format!("{field}.action"))?;
+        if act == ScmpAction::Notify {
+            needs_listener = true;
+        }
+        if act == default {
+            // libseccomp refuses rules equal to the default action; they change nothing.
+            continue;
+        }
+        let mut conds = Vec::new();
+        for (j, arg) in rule.args().iter().flatten().enumerate() {
+            if arg.index() > 5 {
+                return Err(Error::Profile(format!(
+                    "{field}.args[{j}].index: {} is out of range (0..5)",
+                    arg.index()
+                )));
+            }
+            let (op, datum) = match arg.op() {
+                LinuxSeccompOperator::ScmpCmpMaskedEq => (
+                    operator(arg.op(), Some(arg.value())),
+                    arg.value_two().unwrap_or(0),
+                ),
+                other => (operator(other, arg.value_two()), arg.value()),
+            };
+            conds.push(ScmpArgCompare::new(arg.index() as u32, op, datum));
+        }
+        if rule.names().is_empty() {
+            return Err(Error::Profile(format!("{field}.names: empty")));
+        }
+        for name in rule.names() {
+            let sc = match ScmpSyscall::from_name(name) {
+                Ok(sc) => sc,
+                Err(_) => continue,
+            };
+            // Several conditions on the same argument cannot be one libseccomp rule: as runc
+            // does, they become one rule each (matching any of them).
+            let same_arg = conds.len() > 1
+                && rule.args().iter().flatten().all(|a| {
+                    Some(a.index())
+                        == rule
+                            .args()
+                            .as_ref()
+                            .and_then(|v| v.first())
+                            .map(|f| f.index())
+                });
+            let what = format!("{field} ({name})");
+            if conds.is_empty() {
+                ctx.add_rule(act, sc).map_err(lib(what))?;
+            } else if same_arg {
+                for c in &conds {
+                    ctx.add_rule_conditional(act, sc, std::slice::from_ref(c))
+                        .map_err(lib(what.clone()))?;
+                }
+            } else {
+                ctx.add_rule_conditional(act, sc, &conds)
+                    .map_err(lib(what))?;
+            }
+        }
+    }
+    if needs_listener && spec.listener_path().is_none() {
+        return Err(Error::Profile(
+            "linux.seccomp.listenerPath: required when an action is SCMP_ACT_NOTIFY".into(),
+        ));
+    }
+    let mut flags = filter_flags(spec);
+    if needs_listener {
+        flags |= SECCOMP_FILTER_FLAG_NEW_LISTENER;
+    }
+    let bpf = export(&ctx)?;
+    Ok(Program::new(bpf, flags, needs_listener))
+}
+
+/// libseccomp 2.5 exports to a file descriptor only: use a memfd and read it back.
+fn export(ctx: &ScmpFilterContext) -> Result<Vec<Instruction>> {
+    // SAFETY: plain syscall with a static C string.
+    let fd = unsafe { libc::memfd_create(c"vessel-seccomp".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).map_err(io("memfd_create"));
+    }
+    // SAFETY: fresh descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    ctx.export_bpf(&fd)
+        .map_err(lib("the compiled program (export)"))?;
+    let mut f = std::fs::File::from(fd);
+    f.rewind().map_err(io("read the compiled program"))?;
+    let mut raw = Vec::new();
+    f.read_to_end(&mut raw)
+        .map_err(io("read the compiled program"))?;
+    if raw.len() % 8 != 0 || raw.is_empty() {
+        return Err(Error::Profile(format!(
+            "libseccomp exported {} bytes, not whole BPF instructions",
+            raw.len()
+        )));
+    }
+    Ok(raw.chunks_exact(8).map(Instruction::from_bytes).collect())
+}
