@@ -33,12 +33,21 @@ impl Compression {
 }
 
 /// Wraps a buffered reader in the decoder its first bytes call for.
-pub fn decompress<'a, R: BufRead + 'a>(mut r: R) -> Result<(Compression, Box<dyn Read + 'a>)> {
+pub fn decompress<'a, R: BufRead + 'a>(r: R) -> Result<(Compression, Box<dyn Read + 'a>)> {
+    decompress_with(r, true)
+}
+
+/// `check_crc` false skips gzip's CRC-32; only for callers that verify a diff id.
+pub fn decompress_with<'a, R: BufRead + 'a>(
+    mut r: R,
+    check_crc: bool,
+) -> Result<(Compression, Box<dyn Read + 'a>)> {
     let head = r.fill_buf().map_err(|e| from_io("reading layer", e))?;
     let c = Compression::detect(head);
     let out: Box<dyn Read + 'a> = match c {
         Compression::None => Box::new(r),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
+        Compression::Gzip if check_crc => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
+        Compression::Gzip => Box::new(crate::gzip::GzNoCrc::new(r)),
         Compression::Zstd => {
             Box::new(zstd::stream::read::Decoder::with_buffer(r).map_err(|e| from_io("zstd", e))?)
         }
@@ -104,7 +113,9 @@ pub fn unpack_layer(
         what.clone(),
     );
     let (compression, diff_id, diff_size, stats, diff_sink) = {
-        let (compression, decoded) = decompress(BufReader::with_capacity(256 * 1024, &mut outer))?;
+        let check_crc = input.diff_id.is_none();
+        let (compression, decoded) =
+            decompress_with(BufReader::with_capacity(256 * 1024, &mut outer), check_crc)?;
         let mut inner = HashingReader::new(
             Tee {
                 inner: decoded,
@@ -113,7 +124,13 @@ pub fn unpack_layer(
             None,
             what.clone(),
         );
-        let stats = unpack::unpack(&mut inner, snap.fs_path(), opts)?;
+        // tar reads 512-byte headers; a large buffer here keeps each inflate (and gzip's
+        // CRC) call working on big chunks instead.
+        let stats = unpack::unpack(
+            BufReader::with_capacity(1 << 20, &mut inner),
+            snap.fs_path(),
+            opts,
+        )?;
         let (diff_id, diff_size, tee) = inner
             .finish_into_inner()
             .map_err(|e| from_io(format!("{what}: reading"), e))?;

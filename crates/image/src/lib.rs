@@ -6,6 +6,7 @@ pub mod blobs;
 pub mod db;
 pub mod digest;
 pub mod error;
+mod gzip;
 pub mod layer;
 pub mod manifest;
 pub mod reference;
