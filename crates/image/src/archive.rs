@@ -545,7 +545,7 @@ fn load_oci(store: &Store, ar: &Unpacked) -> Result<Vec<Loaded>> {
             return Err(Error::DigestMismatch {
                 what: "manifest".into(),
                 expected: desc.digest.to_string(),
-                actual: actual.to_string(),
+                actual: format!("got {actual}"),
             });
         }
         let Document::Manifest(m) = manifest::parse_document(

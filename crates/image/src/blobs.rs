@@ -64,7 +64,7 @@ impl BlobStore {
             return Err(Error::DigestMismatch {
                 what: "stored blob".into(),
                 expected: digest.to_string(),
-                actual: actual.to_string(),
+                actual: format!("got {actual}"),
             });
         }
         Ok(data)
@@ -172,7 +172,7 @@ impl BlobWriter {
                 return Err(Error::DigestMismatch {
                     what,
                     expected: expected.to_string(),
-                    actual: actual.to_string(),
+                    actual: format!("got {actual}"),
                 });
             }
         }

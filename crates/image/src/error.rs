@@ -13,7 +13,7 @@ pub enum Error {
     #[error("invalid digest {input:?}: {reason}")]
     InvalidDigest { input: String, reason: &'static str },
 
-    #[error("{what} {expected}: digest mismatch, got {actual}")]
+    #[error("{what} {expected}: digest mismatch, {actual}")]
     DigestMismatch {
         what: String,
         expected: String,

@@ -152,7 +152,7 @@ pub fn unpack_layer(
             return Err(Error::DigestMismatch {
                 what: "layer".into(),
                 expected: d.to_string(),
-                actual: blob.to_string(),
+                actual: format!("got {blob}"),
             });
         }
     }
@@ -161,7 +161,7 @@ pub fn unpack_layer(
             return Err(Error::DigestMismatch {
                 what: format!("{what} diff id"),
                 expected: d.to_string(),
-                actual: diff_id.to_string(),
+                actual: format!("got {diff_id}"),
             });
         }
     }

@@ -702,3 +702,32 @@ fn concurrent_pulls_of_the_same_image_share_one_copy() {
     let store = Store::open(root.path()).unwrap();
     check_pulled(&store, &name);
 }
+
+#[test]
+fn pull_by_digest_refuses_a_different_manifest() {
+    let (work, content, built) = fake_content();
+    let wanted = built.manifest_digest.clone();
+    let reg = fake(content, move |req: &Req, mut r: Resp| {
+        if req.path.ends_with(&format!("manifests/{wanted}")) {
+            r.body.extend_from_slice(b"\n");
+        }
+        r
+    });
+    let root = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(root.path()).unwrap());
+    let e = do_pull(
+        &store,
+        &format!("{}/vesseltest/app@{}", reg.host(), built.manifest_digest),
+        &opts_with_authfile(work.path()),
+    )
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "manifest {}: digest mismatch",
+            built.manifest_digest
+        )),
+        "{msg}"
+    );
+    assert!(tree(&root.path().join("blobs/sha256")).is_empty());
+}

@@ -363,7 +363,7 @@ impl Client {
                 return Err(Error::DigestMismatch {
                     what: "manifest".into(),
                     expected: exp.to_string(),
-                    actual: format!("{digest} from the registry"),
+                    actual: format!("registry sent {digest}"),
                 });
             }
         }
@@ -396,7 +396,7 @@ impl Client {
             return Err(Error::DigestMismatch {
                 what: what.into(),
                 expected: digest.to_string(),
-                actual: actual.to_string(),
+                actual: format!("registry sent {actual}"),
             });
         }
         Ok(data)

@@ -158,7 +158,7 @@ pub async fn push(
             return Err(Error::DigestMismatch {
                 what: "pushed manifest".into(),
                 expected: m_digest.to_string(),
-                actual: format!("{sent} from the registry"),
+                actual: format!("registry answered {sent}"),
             });
         }
     }
