@@ -665,7 +665,7 @@ fn update_resources(a: &UpdateArgs) -> Result<oci_spec::runtime::LinuxResources>
         }
         None => LinuxResources::default(),
     };
-    let mut mem = res.memory().clone().unwrap_or_default();
+    let mut mem = res.memory().unwrap_or_default();
     let mut mem_set = res.memory().is_some();
     if let Some(v) = &a.memory {
         mem.set_limit(Some(parse_size("--memory", v)?));

@@ -32,6 +32,8 @@ pub struct MountOptions {
     pub attr_set: u64,
     pub attr_clr: u64,
     pub idmap: bool,
+    /// runc's "tmpcopyup": fill a new tmpfs with what the directory held before.
+    pub copy_up: bool,
 }
 
 pub fn propagation_flag(name: &str) -> Option<MsFlags> {
@@ -68,6 +70,7 @@ impl MountOptions {
             attr_set: 0,
             attr_clr: 0,
             idmap: false,
+            copy_up: false,
         };
         for opt in options {
             let (set, clear) = match opt.as_str() {
@@ -98,6 +101,10 @@ impl MountOptions {
                 "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
                 "silent" => (MsFlags::MS_SILENT, MsFlags::empty()),
                 "loud" => (MsFlags::empty(), MsFlags::MS_SILENT),
+                "tmpcopyup" => {
+                    o.copy_up = true;
+                    continue;
+                }
                 "idmap" | "ridmap" => {
                     o.idmap = true;
                     continue;
@@ -403,6 +410,15 @@ fn mount_one(root: BorrowedFd, m: &Mount, ctx: &RootfsContext) -> Result<()> {
                 .ctx(|| format!("remount {} with {:?}", dest.display(), m.options()))?;
         }
     } else {
+        // For tmpcopyup, keep a handle on the directory the tmpfs is about to cover.
+        let under = if opts.copy_up && typ == "tmpfs" {
+            Some(
+                open_in_root(root, dest, libc::O_RDONLY | libc::O_DIRECTORY)
+                    .ctx(|| format!("open {}", dest.display()))?,
+            )
+        } else {
+            None
+        };
         let data = opts.data();
         let result = mount(
             Some(&source),
@@ -436,6 +452,20 @@ fn mount_one(root: BorrowedFd, m: &Mount, ctx: &RootfsContext) -> Result<()> {
                 })
             }
         }
+        if let Some(under) = under {
+            let mounted = open_in_root(root, dest, libc::O_PATH | libc::O_DIRECTORY)
+                .ctx(|| format!("resolve {}", dest.display()))?;
+            copy_tree(
+                Path::new(&fd_path(under.as_fd())),
+                Path::new(&fd_path(mounted.as_fd())),
+            )
+            .ctx(|| {
+                format!(
+                    "tmpcopyup: copy the contents of {} into the tmpfs",
+                    dest.display()
+                )
+            })?;
+        }
     }
     if opts.propagation.is_some() || opts.attr_set != 0 || opts.attr_clr != 0 {
         let mounted =
@@ -454,6 +484,38 @@ fn mount_one(root: BorrowedFd, m: &Mount, ctx: &RootfsContext) -> Result<()> {
             mount_setattr_recursive(mounted.as_fd(), opts.attr_set, opts.attr_clr)
                 .ctx(|| format!("set recursive attributes on {}", dest.display()))?;
         }
+    }
+    Ok(())
+}
+
+/// Copy a directory tree with modes, owners and symlinks (for tmpcopyup). Both sides are
+/// /proc/self/fd paths of directories already resolved inside the rootfs, so no path in the
+/// image can redirect the copy; symlinks are copied as links, never followed.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{lchown, MetadataExt, PermissionsExt};
+    let top = std::fs::metadata(from)?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(top.mode() & 0o7777))?;
+    lchown(to, Some(top.uid()), Some(top.gid()))?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let meta = std::fs::symlink_metadata(&src)?;
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else if ft.is_dir() {
+            std::fs::create_dir(&dst)?;
+            copy_tree(&src, &dst)?;
+            continue;
+        } else if ft.is_file() {
+            std::fs::copy(&src, &dst)?;
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        } else {
+            // Device nodes, fifos and sockets are not copied up (as runc).
+            continue;
+        }
+        lchown(&dst, Some(meta.uid()), Some(meta.gid()))?;
     }
     Ok(())
 }
@@ -549,7 +611,7 @@ fn mount_cgroup(
                 None::<&str>,
             )
             .ctx(|| format!("bind {} on {}", src.display(), dest.display()))?;
-            remount_bind(&tp, flags).ctx(|| format!("remount {}", dest.display()))
+            remount_resolved(root, dest, flags)
         };
     }
     // v1 / hybrid: a tmpfs holding one directory per hierarchy.
@@ -596,7 +658,7 @@ fn mount_cgroup(
                 None::<&str>,
             )
             .ctx(|| format!("bind {} on {}", src.display(), sub.display()))?;
-            remount_bind(&tp, flags).ctx(|| format!("remount {}", sub.display()))?;
+            remount_resolved(root, &sub, flags)?;
         }
         // cpu,cpuacct mounted together also get "cpu" and "cpuacct" symlinks, as on the host.
         if name.contains(',') {
@@ -616,6 +678,17 @@ fn mount_cgroup(
         .ctx(|| format!("remount {} read-only", dest.display()))?;
     }
     Ok(())
+}
+
+/// Remount the mount now at `dest` (re-resolved: a descriptor taken before mounting points
+/// at the directory underneath). Nothing to do without flags.
+fn remount_resolved(root: BorrowedFd, dest: &Path, flags: MsFlags) -> Result<()> {
+    if flags.is_empty() {
+        return Ok(());
+    }
+    let fd =
+        open_in_root(root, dest, libc::O_PATH).ctx(|| format!("resolve {}", dest.display()))?;
+    remount_bind(&fd_path(fd.as_fd()), flags).ctx(|| format!("remount {}", dest.display()))
 }
 
 fn join_cgroup(mount_point: &Path, within: &str) -> PathBuf {

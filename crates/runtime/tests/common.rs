@@ -1,4 +1,4 @@
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 //! Helpers for vessel-runtime's root integration tests.
 
 use std::path::Path;
@@ -49,6 +49,23 @@ pub fn cgroup_dirs(name: &str) -> Vec<std::path::PathBuf> {
         out.push(Path::new("/sys/fs/cgroup").join(name));
     }
     out
+}
+
+/// Remove a cgroup tree created by a client (podman puts conmon in a child cgroup).
+pub fn remove_cgroup_tree(name: &str) {
+    fn rm(dir: &Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    rm(&e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    for d in cgroup_dirs(name) {
+        rm(&d);
+    }
 }
 
 /// Assert nothing of container `id` / cgroup `cg` remains on the host.

@@ -100,12 +100,14 @@ fn hostname_mounts_masked_and_readonly_paths() {
             c["hostname"] = json!("boxname");
             c["root"]["readonly"] = json!(true);
             c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m", "noexec"]}));
+            // runc's tmpcopyup: the tmpfs starts with what /etc held.
+            c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/etc", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m", "tmpcopyup"]}));
         },
         "hostname; cat /proc/kcore | wc -c; ls /sys/firmware | wc -l; \
          echo 1 > /proc/sys/kernel/domainname 2>/dev/null && echo SYS-WRITABLE || echo SYS-RO; \
          touch /rootfile 2>/dev/null && echo ROOT-WRITABLE || echo ROOT-RO; \
          touch /scratch/f && echo SCRATCH-OK; grep ' /scratch ' /proc/self/mountinfo; \
-         ls -l /dev/null /dev/zero /dev/ptmx; ls /dev",
+         ls -l /dev/null /dev/zero /dev/ptmx; ls /dev; grep ' /etc ' /proc/self/mountinfo; head -1 /etc/passwd",
     );
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
@@ -125,6 +127,10 @@ fn hostname_mounts_masked_and_readonly_paths() {
         "{out}"
     );
     assert!(out.contains("/dev/ptmx -> pts/ptmx"), "{out}");
+    assert!(
+        out.contains(" /etc ") && out.contains("root:x:0:0:root"),
+        "tmpcopyup: {out}"
+    );
 }
 
 #[test]

@@ -206,3 +206,33 @@ pub fn run_via_files(cmd: &mut Command, dir: &Path) -> Output {
         stderr,
     }
 }
+
+/// Last-resort cleanup for tests that drive other tools (podman, containerd): kill every
+/// process whose command line mentions `dir`, then lazily unmount every mount below it, so a
+/// failed test cannot leave monitors or mounts behind.
+pub fn reap_everything_under(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    let me = std::process::id().to_string();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.bytes().all(|b| b.is_ascii_digit()) || name == me {
+                continue;
+            }
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                let _ = Command::new("kill").args(["-9", &name]).status();
+            }
+        }
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut targets: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&needle))
+        .collect();
+    targets.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for t in targets {
+        let _ = Command::new("umount").args(["-l", t]).status();
+    }
+}

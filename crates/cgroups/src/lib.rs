@@ -1,0 +1,308 @@
+//! One cgroup manager for v1, hybrid and v2 hosts.
+//!
+//! The layout is read once from /proc/self/mountinfo; each operation then touches only the
+//! files it needs. Resources are validated before anything is written (validate, then apply),
+//! and every error names the resource field, the value and the file.
+
+mod devices;
+mod fs;
+mod layout;
+mod resources;
+mod stats;
+
+use std::os::fd::OwnedFd;
+use std::path::{Component, Path, PathBuf};
+
+pub use layout::Layout;
+pub use stats::Stats;
+
+use layout::Mounts;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A resource value or cgroupsPath that is invalid; names the field.
+    #[error("{0}")]
+    Invalid(String),
+    /// A resource this host cannot apply (controller missing, v1-only on v2, ...).
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Io { context, source }
+}
+
+/// A container's cgroup in every hierarchy the host mounts.
+#[derive(Debug, Clone)]
+pub struct CgroupManager {
+    path: PathBuf,
+    layout: Layout,
+    /// v1: (controllers of the hierarchy, the container's directory in it).
+    v1: Vec<(Vec<String>, PathBuf)>,
+    /// The container's directory in the unified hierarchy (v2, or hybrid's cgroup2 mount).
+    unified: Option<PathBuf>,
+}
+
+impl CgroupManager {
+    /// `cgroups_path` is linux.cgroupsPath: absolute paths are relative to each hierarchy's
+    /// root, relative ones to the calling process's own cgroup (as runc).
+    pub fn new(cgroups_path: &Path) -> Result<CgroupManager> {
+        let text = cgroups_path.to_string_lossy();
+        if !cgroups_path.is_absolute() && text.matches(':').count() == 2 {
+            return Err(Error::Invalid(format!(
+                "linux.cgroupsPath {text:?}: the systemd form slice:prefix:name needs --systemd-cgroup and a running systemd"
+            )));
+        }
+        let mut rel = PathBuf::new();
+        for c in cgroups_path.components() {
+            match c {
+                Component::RootDir | Component::CurDir => {}
+                Component::Normal(n) => rel.push(n),
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "linux.cgroupsPath {text:?}: must not contain \"..\""
+                    )))
+                }
+            }
+        }
+        if rel.as_os_str().is_empty() {
+            return Err(Error::Invalid(format!(
+                "linux.cgroupsPath {text:?}: names the root cgroup; give the container a cgroup of its own"
+            )));
+        }
+        let mounts = Mounts::read()?;
+        let own = if cgroups_path.is_absolute() {
+            None
+        } else {
+            Some(layout::own_cgroups()?)
+        };
+        let place = |key: &str, mount: &Path| -> PathBuf {
+            let base = own
+                .as_ref()
+                .and_then(|o| o.get(key))
+                .map(|p| p.trim_start_matches('/').to_string())
+                .unwrap_or_default();
+            mount.join(base).join(&rel)
+        };
+        let v1 = mounts
+            .v1
+            .iter()
+            .map(|h| (h.controllers.clone(), place(&h.key, &h.mount)))
+            .collect();
+        let unified = mounts.unified.as_ref().map(|m| place("", m));
+        Ok(CgroupManager {
+            path: cgroups_path.to_path_buf(),
+            layout: mounts.layout(),
+            v1,
+            unified,
+        })
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The container's directory in the hierarchy holding `controller` (v1/hybrid), or in
+    /// the unified hierarchy (v2, or hybrid controllers bound to cgroup2 such as hugetlb).
+    pub(crate) fn dir_for(&self, controller: &str) -> Option<&Path> {
+        if let Some((_, d)) = self
+            .v1
+            .iter()
+            .find(|(c, _)| c.iter().any(|x| x == controller))
+        {
+            return Some(d);
+        }
+        let u = self.unified.as_deref()?;
+        if self.layout == Layout::V2 || fs::controller_available(u, controller) {
+            return Some(u);
+        }
+        None
+    }
+
+    pub(crate) fn unified_dir(&self) -> Option<&Path> {
+        self.unified.as_deref()
+    }
+
+    fn all_dirs(&self) -> impl Iterator<Item = &Path> {
+        self.v1
+            .iter()
+            .map(|(_, d)| d.as_path())
+            .chain(self.unified.as_deref())
+    }
+
+    pub fn validate(res: &oci_spec::runtime::LinuxResources, layout: Layout) -> Result<()> {
+        resources::validate(res, layout)
+    }
+
+    /// mkdir -p in every hierarchy; joining an existing cgroup is fine.
+    pub fn create(&self) -> Result<()> {
+        for (controllers, dir) in &self.v1 {
+            fs::mkdir_p(dir)?;
+            if controllers.iter().any(|c| c == "cpuset") {
+                fs::init_cpuset(dir)?;
+            }
+        }
+        if let Some(u) = &self.unified {
+            fs::mkdir_p(u)?;
+            fs::enable_controllers(u)?;
+        }
+        Ok(())
+    }
+
+    pub fn apply(&self, res: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        resources::apply(self, res)
+    }
+
+    pub fn add_task(&self, pid: i32) -> Result<()> {
+        for dir in self.all_dirs() {
+            fs::write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The unified directory as an O_PATH-free directory fd, for clone3(CLONE_INTO_CGROUP).
+    pub fn v2_dir_fd(&self) -> Result<Option<OwnedFd>> {
+        if self.layout != Layout::V2 {
+            return Ok(None);
+        }
+        let dir = self
+            .unified
+            .as_ref()
+            .ok_or_else(|| Error::Unsupported("no unified cgroup hierarchy".into()))?;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags_dir()
+            .open(dir)
+            .map_err(io(format!("open {}", dir.display())))?;
+        Ok(Some(f.into()))
+    }
+
+    pub fn freeze(&self) -> Result<()> {
+        self.set_frozen(true)
+    }
+
+    pub fn thaw(&self) -> Result<()> {
+        self.set_frozen(false)
+    }
+
+    fn set_frozen(&self, frozen: bool) -> Result<()> {
+        if self.layout == Layout::V2 {
+            let dir = self
+                .unified
+                .as_ref()
+                .ok_or_else(|| Error::Unsupported("no unified hierarchy".into()))?;
+            fs::write(&dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
+            return fs::wait_until(|| Ok(self.is_frozen()? == frozen), "cgroup.freeze");
+        }
+        let dir = self.dir_for("freezer").ok_or_else(|| {
+            Error::Unsupported("the freezer cgroup controller is not mounted".into())
+        })?;
+        let want = if frozen { "FROZEN" } else { "THAWED" };
+        fs::write(&dir.join("freezer.state"), want)?;
+        fs::wait_until(
+            || {
+                let now = fs::read(&dir.join("freezer.state"))?;
+                if now.trim() == want {
+                    return Ok(true);
+                }
+                // Writing again nudges a FREEZING cgroup along (runc does the same).
+                let _ = fs::write(&dir.join("freezer.state"), want);
+                Ok(false)
+            },
+            "freezer.state",
+        )
+    }
+
+    pub fn is_frozen(&self) -> Result<bool> {
+        if self.layout == Layout::V2 {
+            let dir = match &self.unified {
+                Some(d) => d,
+                None => return Ok(false),
+            };
+            let events = match fs::read(&dir.join("cgroup.events")) {
+                Ok(e) => e,
+                Err(_) => return Ok(false),
+            };
+            return Ok(events.lines().any(|l| l.trim() == "frozen 1"));
+        }
+        match self.dir_for("freezer") {
+            Some(d) => Ok(fs::read(&d.join("freezer.state"))
+                .map(|s| s.trim() == "FROZEN")
+                .unwrap_or(false)),
+            None => Ok(false),
+        }
+    }
+
+    /// Every process in the cgroup and its descendants.
+    pub fn pids(&self) -> Result<Vec<i32>> {
+        let dir = self
+            .dir_for("pids")
+            .or_else(|| self.dir_for("freezer"))
+            .or(self.unified.as_deref())
+            .or_else(|| self.v1.first().map(|(_, d)| d.as_path()))
+            .ok_or_else(|| Error::Unsupported("no cgroup hierarchy is mounted".into()))?;
+        let mut out = Vec::new();
+        fs::collect_pids(dir, &mut out)?;
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    pub fn kill_all(&self, signal: i32) -> Result<()> {
+        if signal == libc::SIGKILL {
+            if let Some(u) = &self.unified {
+                let kill = u.join("cgroup.kill");
+                if self.layout == Layout::V2 && kill.exists() {
+                    return fs::write(&kill, "1");
+                }
+            }
+        }
+        // Freeze first so no process can fork a child we would miss.
+        let frozen = self.freeze().is_ok();
+        let pids = self.pids()?;
+        for pid in pids {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid, signal) };
+        }
+        if frozen {
+            self.thaw()?;
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> Result<Stats> {
+        stats::collect(self)
+    }
+
+    /// rmdir in every hierarchy. Processes that are still exiting keep a cgroup busy for a
+    /// moment: retry briefly. A cgroup that is already gone is fine.
+    pub fn remove(&self) -> Result<()> {
+        for dir in self.all_dirs() {
+            fs::rmdir_retrying(dir)?;
+        }
+        Ok(())
+    }
+}
+
+trait DirFlags {
+    fn custom_flags_dir(&mut self) -> &mut Self;
+}
+
+impl DirFlags for std::fs::OpenOptions {
+    fn custom_flags_dir(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+    }
+}
