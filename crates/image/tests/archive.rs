@@ -224,3 +224,69 @@ fn hostile_archives_are_refused() {
         );
     }
 }
+
+#[test]
+fn podman_push_and_pull_interop() {
+    let Some(podman) = Podman::new() else { return };
+    if !common::registry::Registry::available() {
+        return;
+    }
+    let reg = common::registry::Registry::start(Default::default());
+    let root = tempfile::tempdir().unwrap();
+    let (store, id) = store_with_image(root.path());
+    let store = std::sync::Arc::new(store);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // vessel pushes, podman pulls: same manifest digest, same image id.
+    let ours = format!("{}/vesseltest/from-vessel:v1", reg.host());
+    store.tag(NAME, &ours).unwrap();
+    let opts = vessel_image::registry::RegistryOptions::default();
+    let pushed = rt
+        .block_on(vessel_image::registry::push::push(
+            store.clone(),
+            &ours,
+            &Reference::parse(&ours).unwrap(),
+            &opts,
+            std::sync::Arc::new(vessel_image::registry::push::NoPushProgress),
+        ))
+        .unwrap();
+    podman.run(&["pull", "-q", "--tls-verify=false", &ours]);
+    assert_eq!(
+        podman
+            .run(&["image", "inspect", "--format", "{{.Digest}}", &ours])
+            .trim(),
+        pushed.as_str()
+    );
+    assert_eq!(
+        format!(
+            "sha256:{}",
+            podman
+                .run(&["image", "inspect", "--format", "{{.Id}}", &ours])
+                .trim()
+        ),
+        id
+    );
+
+    // podman pushes, vessel pulls.
+    let theirs = format!("{}/vesseltest/from-podman:v1", reg.host());
+    podman.run(&["tag", &ours, &theirs]);
+    podman.run(&["push", "-q", "--tls-verify=false", &theirs]);
+    let r2 = tempfile::tempdir().unwrap();
+    let s2 = std::sync::Arc::new(Store::open(r2.path()).unwrap());
+    let res = rt
+        .block_on(vessel_image::registry::pull::pull(
+            s2.clone(),
+            &Reference::parse(&theirs).unwrap(),
+            &Default::default(),
+            std::sync::Arc::new(vessel_image::registry::pull::NoProgress),
+        ))
+        .unwrap();
+    assert_eq!(
+        s2.inspect(&theirs).unwrap()["RootFS"],
+        store.inspect(NAME).unwrap()["RootFS"]
+    );
+    assert!(s2.layer_paths(&theirs).unwrap()[0]
+        .join("bin/busybox")
+        .is_file());
+    let _ = res;
+}

@@ -93,6 +93,8 @@ pub async fn pull(
     opts: &PullOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<PullResult> {
+    // Held for the whole pull: GC must not collect blobs written before they are recorded.
+    let _lock = store.shared_lock()?;
     progress.event(PullEvent::Resolved {
         reference: reference.clone(),
     });
@@ -167,7 +169,6 @@ pub async fn pull(
         }
     };
 
-    let _lock = store.shared_lock()?;
     // The config: from the store when present, else the registry.
     let cfg_desc = &m.config;
     let cfg_data = if store.blobs.contains(&cfg_desc.digest) {
