@@ -72,6 +72,7 @@ pub fn unpack(reader: impl Read, root: &Path, opts: &UnpackOptions) -> Result<Un
         stats: UnpackStats::default(),
         dirs: Vec::new(),
         buf: vec![0; COPY_BUF],
+        parent_cache: None,
     };
     let mut archive = tar::Archive::new(reader);
     let entries = archive
@@ -92,6 +93,10 @@ struct Unpacker {
     /// Directory times are applied last: creating children changes a directory's mtime.
     dirs: Vec<(Vec<u8>, Timestamps)>,
     buf: Vec<u8>,
+    /// The last parent directory opened, by path: tar lists a directory's files together,
+    /// so this saves re-resolving the same path for every file. Dropped whenever anything
+    /// is removed, the only way an already-resolved path could come to mean another place.
+    parent_cache: Option<(Vec<Vec<u8>>, std::rc::Rc<OwnedFd>)>,
 }
 
 /// What an entry is, parsed from the header before anything touches the disk.
@@ -130,7 +135,7 @@ impl Unpacker {
                 "names the layer root but is not a directory",
             ));
         };
-        let parent_fd = self.open_dir(parent, &shown)?;
+        let parent_fd = self.parent_dir(parent, &shown)?;
         let parent_fd = parent_fd.as_fd();
 
         if name.starts_with(WHITEOUT_PREFIX) {
@@ -143,6 +148,7 @@ impl Unpacker {
                 match existing {
                     Some(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
                     Some(_) => {
+                        self.parent_cache = None;
                         remove_at(parent_fd, name, &shown)?;
                         mkdir_at(parent_fd, name, &shown)?;
                     }
@@ -414,11 +420,23 @@ impl Unpacker {
     }
 
     /// Removes whatever is at `name` so a later entry replaces an earlier one (tar semantics).
-    fn replace(&self, parent: BorrowedFd<'_>, name: &[u8], shown: &str) -> Result<()> {
+    fn replace(&mut self, parent: BorrowedFd<'_>, name: &[u8], shown: &str) -> Result<()> {
         if stat_at(parent, name).is_some() {
+            self.parent_cache = None;
             remove_at(parent, name, shown)?;
         }
         Ok(())
+    }
+
+    fn parent_dir(&mut self, comps: &[Vec<u8>], shown: &str) -> Result<std::rc::Rc<OwnedFd>> {
+        if let Some((path, fd)) = &self.parent_cache {
+            if path.as_slice() == comps {
+                return Ok(fd.clone());
+            }
+        }
+        let fd = std::rc::Rc::new(self.open_dir(comps, shown)?);
+        self.parent_cache = Some((comps.to_vec(), fd.clone()));
+        Ok(fd)
     }
 
     /// Opens (creating if missing, as tar does) the directory at `comps`, refusing any path

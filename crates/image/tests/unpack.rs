@@ -496,3 +496,15 @@ fn zstd_and_plain_layers_import() {
     assert_eq!(ga, gb, "same diff id, same shared snapshot");
     assert_eq!(std::fs::read(ga[0].join("hello")).unwrap(), b"world");
 }
+
+#[test]
+fn replacing_a_directory_by_an_escaping_symlink_is_seen_by_later_entries() {
+    let sb = Sandbox::new();
+    let mut t = RawTar::new();
+    t.dir("a/")
+        .file("a/x", b"x")
+        .symlink("a", sb.outside().to_str().unwrap())
+        .file("a/secret", b"pwned");
+    refused(sb.unpack(&t.finish()), "outside the layer root");
+    sb.assert_outside_untouched();
+}
