@@ -363,6 +363,34 @@ fn push_pull_login_logout_against_a_registry() {
     );
     assert!(w.ok(&["images", "--digests"]).contains("sha256:"));
 
+    // -a pulls every tag of the repository.
+    let v2 = format!("{}/vesseltest/cli:v2", reg.host());
+    w.ok(&["tag", &name, &v2]);
+    w.ok(&["push", "-q", &v2]);
+    let all = Vessel {
+        root: tempfile::tempdir().unwrap(),
+        run: tempfile::tempdir().unwrap(),
+        home: tempfile::tempdir().unwrap(),
+    };
+    std::fs::create_dir_all(all.home.path().join(".docker")).unwrap();
+    std::fs::copy(
+        w.home.path().join(".docker/config.json"),
+        all.home.path().join(".docker/config.json"),
+    )
+    .unwrap();
+    let repo = format!("{}/vesseltest/cli", reg.host());
+    all.ok(&["pull", "-a", "-q", &repo]);
+    let mut tags: Vec<String> = all
+        .ok(&["images", "--format", "{{.Tag}}"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    tags.sort();
+    assert_eq!(tags, ["v1", "v2"]);
+    assert!(
+        !all.out(&["pull", "-a", &name]).status.success(),
+        "-a with a tag is refused"
+    );
     assert_eq!(
         w.ok(&["logout", &reg.host()]),
         format!("Removing login credentials for {}\n", reg.host())
