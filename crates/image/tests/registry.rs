@@ -731,3 +731,74 @@ fn pull_by_digest_refuses_a_different_manifest() {
     );
     assert!(tree(&root.path().join("blobs/sha256")).is_empty());
 }
+
+#[test]
+fn docker_registry_with_token_auth() {
+    if !Registry::available() {
+        return;
+    }
+    let tokens = common::token::TokenServer::start("vessel", "t0ken");
+    let reg = Registry::start(RegistryConfig {
+        token: Some((
+            tokens.realm(),
+            common::token::SERVICE.into(),
+            common::token::ISSUER.into(),
+            tokens.cert_pem.clone(),
+        )),
+        ..Default::default()
+    });
+    let work = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(root.path()).unwrap());
+    let name = format!("{}/vesseltest/tok:v1", reg.host());
+    let imp = vessel_image::store::ImportOptions {
+        reference: Some(Reference::parse(&name).unwrap()),
+        ..Default::default()
+    };
+    store.import(&busybox_rootfs()[..], &imp).unwrap();
+
+    let mut opts = vessel_image::registry::RegistryOptions {
+        auth_file: Some(work.path().join("auth.json")),
+        ..Default::default()
+    };
+    let push = |o: &vessel_image::registry::RegistryOptions| {
+        rt().block_on(vessel_image::registry::push::push(
+            store.clone(),
+            &name,
+            &Reference::parse(&name).unwrap(),
+            o,
+            Arc::new(vessel_image::registry::push::NoPushProgress),
+        ))
+    };
+    let e = push(&opts).unwrap_err();
+    assert!(matches!(e, Error::Unauthorized { .. }), "{e}");
+    opts.credentials = Some(Credentials {
+        username: "vessel".into(),
+        password: "t0ken".into(),
+    });
+    let digest = push(&opts).unwrap();
+
+    let root2 = tempfile::tempdir().unwrap();
+    let store2 = Arc::new(Store::open(root2.path()).unwrap());
+    let mut po = opts_with_authfile(work.path());
+    po.registry.credentials = opts.credentials.clone();
+    let res = do_pull(&store2, &name, &po).unwrap();
+    assert_eq!(res.digest, digest);
+    let scopes: Vec<String> = tokens
+        .fake
+        .requests()
+        .iter()
+        .map(|r| r.query.clone())
+        .collect();
+    assert!(
+        scopes.iter().any(|q| q.contains("pull%2Cpush")),
+        "push asked for pull,push: {scopes:?}"
+    );
+    assert!(
+        scopes
+            .iter()
+            .any(|q| q.contains("vesseltest%2Ftok%3Apull&")
+                || q.ends_with("vesseltest%2Ftok%3Apull")),
+        "pull asked for pull only: {scopes:?}"
+    );
+}

@@ -13,6 +13,8 @@ pub const BINARY: &str = "/usr/bin/docker-registry";
 pub struct RegistryConfig {
     pub tls: bool,
     pub htpasswd: Option<(String, String)>,
+    /// Token auth: (realm URL, service, issuer, PEM of the cert that signs tokens).
+    pub token: Option<(String, String, String, String)>,
 }
 
 pub struct Registry {
@@ -75,6 +77,13 @@ impl Registry {
             yaml += &format!(
                 "auth:\n  htpasswd:\n    realm: vesseltest\n    path: {}\n",
                 dir.path().join("htpasswd").display()
+            );
+        }
+        if let Some((realm, service, issuer, pem)) = &cfg.token {
+            std::fs::write(dir.path().join("token.pem"), pem).map_err(|e| e.to_string())?;
+            yaml += &format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n    rootcertbundle: {}\n",
+                dir.path().join("token.pem").display()
             );
         }
         let conf = dir.path().join("config.yml");
