@@ -115,6 +115,27 @@ impl BlobStore {
         }
     }
 
+    /// Removes temp files left by writers that were killed. Only safe while nothing is
+    /// writing (the caller holds the store's exclusive GC lock).
+    pub fn sweep_temporaries(&self) -> Result<()> {
+        let dir = self.dir.join("tmp");
+        for ent in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let ent = ent.map_err(|e| Error::io(&dir, e))?;
+            let p = ent.path();
+            let r = if ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            match r {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&p, e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Every digest on disk (for garbage collection).
     pub fn list(&self) -> Result<Vec<Digest>> {
         let dir = self.dir.join("sha256");

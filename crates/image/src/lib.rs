@@ -1,5 +1,17 @@
 //! vessel's image side: content store, references, layer unpacking into snapshots,
 //! registry pull/push and the SQLite state it shares with the engine.
+//!
+//! For the engine:
+//! - [`store::Store::open`] on `--root` gives everything; it owns `vessel.db`,
+//!   `blobs/sha256/<hex>` and `snapshots/<chain-id hex>/fs`.
+//! - [`registry::pull::pull`] fetches an image (progress through a [`registry::pull::Progress`]);
+//!   [`store::Store::lookup`] resolves a name, short id or digest to an image id.
+//! - [`store::Store::layer_paths`] lists an image's snapshot dirs, lowest first: reverse
+//!   them for overlay's `lowerdir=`. They are shared and must never be written to.
+//! - A container holds its image with [`db::Db::add_lease`] (holder = container id) and
+//!   lets go with [`db::Db::remove_lease`]; `rmi` and `prune` never delete a leased image.
+//! - The engine's own tables go into the same database; `schema_versions` has one row per
+//!   component (`image` is this crate's), so each migrates on its own.
 
 pub mod archive;
 pub mod blobs;

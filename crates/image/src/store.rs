@@ -510,6 +510,7 @@ impl Store {
             }
         }
         self.snapshots.sweep_temporaries()?;
+        self.blobs.sweep_temporaries()?;
         for d in self.blobs.list()? {
             if !self.db().blob_referenced(&d)? {
                 freed += self.blobs.size(&d).unwrap_or(0);

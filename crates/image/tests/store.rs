@@ -96,3 +96,19 @@ fn lookup_by_id_prefix_digest_and_name() {
         .tag(id.short(), &format!("vesseltest/y@{id}"))
         .is_err());
 }
+
+#[test]
+fn gc_sweeps_what_killed_writers_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    std::fs::write(
+        dir.path().join("blobs/tmp/0123456789abcdef"),
+        b"half a layer",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("snapshots/.tmp-0123456789abcdef/fs/usr")).unwrap();
+    std::fs::create_dir_all(dir.path().join("blobs/tmp/load-abc/x")).unwrap();
+    store.prune(false).unwrap();
+    assert!(tree(&dir.path().join("blobs/tmp")).is_empty());
+    assert!(tree(&dir.path().join("snapshots")).is_empty());
+}
