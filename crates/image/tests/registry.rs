@@ -802,3 +802,52 @@ fn docker_registry_with_token_auth() {
         "pull asked for pull only: {scopes:?}"
     );
 }
+
+#[test]
+fn large_blobs_go_up_in_chunks() {
+    if !Registry::available() {
+        return;
+    }
+    let reg = Registry::start(RegistryConfig::default());
+    let root = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(root.path()).unwrap());
+    // 20 MB of noise: larger than one upload chunk (16 MiB), so PATCH + PUT is used.
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let noise: Vec<u8> = (0..20_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let layer = RawTar::new().file("noise.bin", &noise).finish();
+    let name = format!("{}/vesseltest/big:v1", reg.host());
+    let imp = vessel_image::store::ImportOptions {
+        reference: Some(Reference::parse(&name).unwrap()),
+        ..Default::default()
+    };
+    store.import(&layer[..], &imp).unwrap();
+    let opts = vessel_image::registry::RegistryOptions::default();
+    let digest = rt()
+        .block_on(vessel_image::registry::push::push(
+            store.clone(),
+            &name,
+            &Reference::parse(&name).unwrap(),
+            &opts,
+            Arc::new(vessel_image::registry::push::NoPushProgress),
+        ))
+        .unwrap();
+    let root2 = tempfile::tempdir().unwrap();
+    let store2 = Arc::new(Store::open(root2.path()).unwrap());
+    assert_eq!(
+        do_pull(&store2, &name, &PullOptions::default())
+            .unwrap()
+            .digest,
+        digest
+    );
+    assert_eq!(
+        std::fs::read(store2.layer_paths(&name).unwrap()[0].join("noise.bin")).unwrap(),
+        noise
+    );
+}
