@@ -110,20 +110,26 @@ impl Progress for Bars {
             PullEvent::LayerExists { digest } => {
                 self.line(format!("{}: Already exists", digest.short()))
             }
-            PullEvent::LayerStart { digest, size } => {
+            PullEvent::LayerQueued { digest, size } => {
                 if self.tty {
                     let pb = self.multi.add(ProgressBar::new(size));
                     pb.set_style(
                         ProgressStyle::with_template(
-                            "{prefix}: {msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+                            "{prefix}: {msg} [{bar:40}] {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec}",
                         )
                         .unwrap_or_else(|_| ProgressStyle::default_bar())
                         .progress_chars("=> "),
                     );
                     pb.set_prefix(digest.short().to_string());
+                    pb.set_message("Waiting");
+                    bars.insert(digest, pb);
+                }
+            }
+            PullEvent::LayerStart { digest, .. } => {
+                if let Some(pb) = bars.get(&digest) {
+                    pb.reset_elapsed();
                     pb.set_message("Downloading");
                     pb.enable_steady_tick(Duration::from_millis(200));
-                    bars.insert(digest, pb);
                 }
             }
             PullEvent::LayerProgress { digest, done, .. } => {

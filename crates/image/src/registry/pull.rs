@@ -32,6 +32,11 @@ pub enum PullEvent {
     LayerExists {
         digest: Digest,
     },
+    /// Missing and queued behind the download limit ("Waiting" in docker).
+    LayerQueued {
+        digest: Digest,
+        size: u64,
+    },
     LayerStart {
         digest: Digest,
         size: u64,
@@ -223,6 +228,12 @@ pub async fn pull(
     let fresh = !todo.is_empty() || store.db().image(&id)?.is_none();
     // Largest first: with a bounded number in flight, that shortens the critical path.
     todo.sort_by_key(|&i| std::cmp::Reverse(m.layers[i].size));
+    for &i in &todo {
+        progress.event(PullEvent::LayerQueued {
+            digest: m.layers[i].digest.clone(),
+            size: m.layers[i].size,
+        });
+    }
     let results = futures_util::stream::iter(todo.iter().map(|&i| {
         let job = LayerJob {
             client: client.clone(),
