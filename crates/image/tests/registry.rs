@@ -439,7 +439,16 @@ fn pulls_through_5xx_and_dropped_connections() {
     let layer = built.layer_digests[0].clone();
     let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let h = hits.clone();
+    let manifest_hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mh = manifest_hits.clone();
     let reg = fake(content, move |req: &Req, mut r: Resp| {
+        // The first manifest answer is cut short too.
+        if req.path.contains("/manifests/")
+            && mh.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0
+        {
+            r.cut_after = Some(r.body.len() / 2);
+            return r;
+        }
         if req.path.ends_with(&layer) {
             match h.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
                 0 => return Resp::new(503, "busy"),

@@ -326,7 +326,7 @@ impl Client {
 
     /// Fetches a manifest by tag or digest, checking the digest when it is known: asked for
     /// by digest, or announced in `Docker-Content-Digest`.
-    pub async fn manifest(&self, reference: &str) -> Result<Manifest> {
+    async fn manifest_once(&self, reference: &str) -> Result<Manifest> {
         let mut h = HeaderMap::new();
         h.insert(ACCEPT, HeaderValue::from_static(ACCEPT_MANIFESTS));
         let path = format!("/v2/{}/manifests/{reference}", self.repo);
@@ -375,7 +375,7 @@ impl Client {
     }
 
     /// A small blob (config) read whole, size and digest checked.
-    pub async fn blob_bytes(&self, digest: &Digest, size: u64, what: &str) -> Result<Vec<u8>> {
+    async fn blob_bytes_once(&self, digest: &Digest, size: u64, what: &str) -> Result<Vec<u8>> {
         if size > MAX_DOCUMENT {
             return Err(self.err(format!(
                 "{what} {digest} is {size} bytes, more than the {MAX_DOCUMENT} allowed"
@@ -400,6 +400,37 @@ impl Client {
             });
         }
         Ok(data)
+    }
+
+    /// Fetches a manifest by tag or digest (see `manifest_once`), retrying when the
+    /// connection drops while the body is read.
+    pub async fn manifest(&self, reference: &str) -> Result<Manifest> {
+        let mut attempt = 1;
+        loop {
+            match self.manifest_once(reference).await {
+                Err(Error::Http { url, source }) if attempt < self.opts.max_attempts => {
+                    tracing::warn!("{url}: {source}; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// A small blob (config) read whole, size and digest checked; retried like `manifest`.
+    pub async fn blob_bytes(&self, digest: &Digest, size: u64, what: &str) -> Result<Vec<u8>> {
+        let mut attempt = 1;
+        loop {
+            match self.blob_bytes_once(digest, size, what).await {
+                Err(Error::Http { url, source }) if attempt < self.opts.max_attempts => {
+                    tracing::warn!("{url}: {source}; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// A blob response from `offset` on. Returns the response and whether the registry
