@@ -112,30 +112,58 @@ pub fn unpack_layer(
         limit,
         what.clone(),
     );
-    let (compression, diff_id, diff_size, stats, diff_sink) = {
-        let check_crc = input.diff_id.is_none();
-        let (compression, decoded) =
-            decompress_with(BufReader::with_capacity(256 * 1024, &mut outer), check_crc)?;
-        let mut inner = HashingReader::new(
-            Tee {
-                inner: decoded,
-                sink: input.store_diff,
-            },
-            None,
-            what.clone(),
-        );
-        // tar reads 512-byte headers; a large buffer here keeps each inflate (and gzip's
-        // CRC) call working on big chunks instead.
-        let stats = unpack::unpack(
-            BufReader::with_capacity(1 << 20, &mut inner),
-            snap.fs_path(),
-            opts,
-        )?;
-        let (diff_id, diff_size, tee) = inner
-            .finish_into_inner()
-            .map_err(|e| from_io(format!("{what}: reading"), e))?;
-        (compression, diff_id, diff_size, stats, tee.sink)
-    };
+    // Two threads per layer: this one reads, hashes, stores and inflates; the second
+    // hashes the tar and unpacks it. A single layer then uses two cores, which matters at
+    // the tail of a pull, when one big layer is left.
+    let check_crc = input.diff_id.is_none();
+    let (compression, decoded) =
+        decompress_with(BufReader::with_capacity(256 * 1024, &mut outer), check_crc)?;
+    let store_diff = input.store_diff;
+    let (compression, diff_id, diff_size, stats, diff_sink) = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let unpacker = scope.spawn({
+            let what = what.clone();
+            move || -> Result<_> {
+                let mut inner = HashingReader::new(
+                    Tee {
+                        inner: ChunkReader {
+                            rx,
+                            cur: Vec::new(),
+                            pos: 0,
+                        },
+                        sink: store_diff,
+                    },
+                    None,
+                    what.clone(),
+                );
+                // tar reads 512-byte headers; buffered here so they cost no channel trips.
+                let stats = unpack::unpack(
+                    BufReader::with_capacity(256 * 1024, &mut inner),
+                    snap.fs_path(),
+                    opts,
+                )?;
+                let (diff_id, diff_size, tee) = inner
+                    .finish_into_inner()
+                    .map_err(|e| from_io(format!("{what}: reading"), e))?;
+                Ok((diff_id, diff_size, stats, tee.sink))
+            }
+        });
+        let fed = feed(decoded, &tx);
+        drop(tx);
+        let unpacked = unpacker
+            .join()
+            .map_err(|_| Error::malformed(what.clone(), "unpack thread panicked"))?;
+        match (fed, unpacked) {
+            // Reading failed first: that is the cause, whatever the unpacker made of the
+            // truncated stream.
+            (Err(FeedError::Read(e)), _) => Err(from_io(format!("{what}: reading"), e)),
+            (_, Err(e)) => Err(e),
+            (Err(FeedError::Closed), Ok(_)) => {
+                Err(Error::malformed(what.clone(), "unpacker stopped early"))
+            }
+            (Ok(()), Ok((d, n, st, sink))) => Ok((compression, d, n, st, sink)),
+        }
+    })?;
     let (blob, blob_size, tee) = outer
         .finish_into_inner()
         .map_err(|e| from_io(format!("{what}: reading"), e))?;
@@ -180,4 +208,56 @@ pub fn unpack_layer(
         compression,
         stats,
     })
+}
+
+enum FeedError {
+    Read(io::Error),
+    Closed,
+}
+
+/// Reads the decompressed stream in large chunks and hands them to the unpack thread.
+fn feed(mut r: impl Read, tx: &std::sync::mpsc::SyncSender<Vec<u8>>) -> Result<(), FeedError> {
+    const CHUNK: usize = 1 << 20;
+    loop {
+        let mut buf = vec![0u8; CHUNK];
+        let mut filled = 0;
+        while filled < CHUNK {
+            match r.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(FeedError::Read(e)),
+            }
+        }
+        if filled == 0 {
+            return Ok(());
+        }
+        buf.truncate(filled);
+        tx.send(buf).map_err(|_| FeedError::Closed)?;
+    }
+}
+
+/// The unpack thread's end of the channel.
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(c) => {
+                    self.cur = c;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
