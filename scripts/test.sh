@@ -18,11 +18,7 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 
-if [ -x scripts/test-cgroup-v2.sh ] || [ -f scripts/test-cgroup-v2.sh ]; then
-  bash scripts/test-cgroup-v2.sh
-fi
-if [ -f scripts/test-runtime-v2.sh ]; then
-  bash scripts/test-runtime-v2.sh
-fi
+# cgroup v2: the same suites inside a pure-v2 guest.
+bash scripts/test-v2.sh
 
 bash scripts/leak-check.sh

@@ -275,30 +275,48 @@ fn put64(buf: &mut [u8], at: usize, v: u64) {
 
 fn load(insns: &[u64]) -> Result<OwnedFd> {
     let license = c"Apache-2.0";
-    let mut log = vec![0u8; 4096];
-    let mut attr = [0u8; 72];
-    put32(&mut attr, 0, BPF_PROG_TYPE_CGROUP_DEVICE);
-    put32(&mut attr, 4, insns.len() as u32);
-    put64(&mut attr, 8, insns.as_ptr() as u64);
-    put64(&mut attr, 16, license.as_ptr() as u64);
-    put32(&mut attr, 24, 1); // log_level
-    put32(&mut attr, 28, log.len() as u32);
-    put64(&mut attr, 32, log.as_mut_ptr() as u64);
-    let fd = bpf(BPF_PROG_LOAD, &mut attr).map_err(|e| {
-        let text = String::from_utf8_lossy(&log);
-        let text = text.trim_end_matches('\0').trim();
-        Error::Io {
-            context: format!(
-                "linux.resources.devices: load the device filter (BPF_PROG_LOAD){}",
-                if text.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {text}")
-                }
-            ),
-            source: e,
+    let attempt = |log: Option<&mut Vec<u8>>| {
+        let mut attr = [0u8; 72];
+        put32(&mut attr, 0, BPF_PROG_TYPE_CGROUP_DEVICE);
+        put32(&mut attr, 4, insns.len() as u32);
+        put64(&mut attr, 8, insns.as_ptr() as u64);
+        put64(&mut attr, 16, license.as_ptr() as u64);
+        if let Some(log) = log {
+            put32(&mut attr, 24, 1);
+            put32(&mut attr, 28, log.len() as u32);
+            put64(&mut attr, 32, log.as_mut_ptr() as u64);
         }
-    })?;
+        bpf(BPF_PROG_LOAD, &mut attr)
+    };
+    // No verifier log on the normal path: it costs time and can overflow (ENOSPC).
+    let fd = match attempt(None) {
+        Ok(fd) => fd,
+        Err(err) => {
+            let mut log = vec![0u8; 1 << 20];
+            let _ = attempt(Some(&mut log));
+            let text = String::from_utf8_lossy(&log);
+            let text = text.trim_end_matches('\0').trim();
+            let tail: Vec<&str> = text
+                .lines()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            return Err(Error::Io {
+                context: format!(
+                    "linux.resources.devices: the kernel refused the device filter program{}",
+                    if tail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", tail.join("; "))
+                    }
+                ),
+                err,
+            });
+        }
+    };
     // SAFETY: fresh descriptor from the kernel.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

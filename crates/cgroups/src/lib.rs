@@ -26,10 +26,10 @@ pub enum Error {
     /// A resource this host cannot apply (controller missing, v1-only on v2, ...).
     #[error("{0}")]
     Unsupported(String),
-    #[error("{context}: {source}")]
+    #[error("{context}: {err}")]
     Io {
         context: String,
-        source: std::io::Error,
+        err: std::io::Error,
     },
 }
 
@@ -37,7 +37,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let context = context.into();
-    move |source| Error::Io { context, source }
+    move |err| Error::Io { context, err }
 }
 
 /// A container's cgroup in every hierarchy the host mounts.

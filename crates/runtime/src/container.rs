@@ -95,7 +95,7 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
             }
             _ => Error::Io {
                 context: format!("open {}", fifo.display()),
-                source: e,
+                err: e,
             },
         })?;
     (&f).write_all(b"0").ctx(|| "release the container init")?;

@@ -23,16 +23,17 @@ pub enum Error {
         status: String,
         action: String,
     },
-    #[error("{context}: {source}")]
+    #[error("{context}: {err}")]
     Io {
         context: String,
-        // Not #[source]: the message already ends with it, and anyhow would print it twice.
-        source: std::io::Error,
+        // Not a `source` (by attribute or by name): the message already ends with it, and
+        // anyhow would print it twice.
+        err: std::io::Error,
     },
     #[error("{0}")]
-    Cgroup(#[from] vessel_cgroups::Error),
+    Cgroup(vessel_cgroups::Error),
     #[error("{0}")]
-    Seccomp(#[from] vessel_seccomp::Error),
+    Seccomp(vessel_seccomp::Error),
     /// The container's init (or an exec'd process) reported a failure before running user code.
     #[error("{0}")]
     Child(String),
@@ -43,6 +44,20 @@ pub enum Error {
         path: String,
         reason: String,
     },
+}
+
+// Plain From impls rather than #[from]: #[from] makes the inner error a `source`, and the
+// message (which already includes it) would be printed twice by anyhow.
+impl From<vessel_cgroups::Error> for Error {
+    fn from(e: vessel_cgroups::Error) -> Self {
+        Error::Cgroup(e)
+    }
+}
+
+impl From<vessel_seccomp::Error> for Error {
+    fn from(e: vessel_seccomp::Error) -> Self {
+        Error::Seccomp(e)
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -60,9 +75,9 @@ pub trait Context<T> {
 
 impl<T> Context<T> for std::io::Result<T> {
     fn ctx<C: Display>(self, context: impl FnOnce() -> C) -> Result<T> {
-        self.map_err(|source| Error::Io {
+        self.map_err(|err| Error::Io {
             context: context().to_string(),
-            source,
+            err,
         })
     }
 }
@@ -71,7 +86,7 @@ impl<T> Context<T> for nix::Result<T> {
     fn ctx<C: Display>(self, context: impl FnOnce() -> C) -> Result<T> {
         self.map_err(|errno| Error::Io {
             context: context().to_string(),
-            source: std::io::Error::from_raw_os_error(errno as i32),
+            err: std::io::Error::from_raw_os_error(errno as i32),
         })
     }
 }

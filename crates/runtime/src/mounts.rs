@@ -196,53 +196,90 @@ fn mount_setattr_recursive(fd: BorrowedFd, set: u64, clr: u64) -> std::io::Resul
 // ---------------------------------------------------------------------------------------------
 // Safe path handling inside the rootfs
 
-/// Open `path` inside the root, creating missing directories on the way. Each step is resolved
-/// from the root again, so a symlink swapped in between steps still cannot leave the root.
+/// Open `path` inside the root, creating missing directories on the way — including the
+/// targets of dangling symlinks, as runc does. The walk holds a descriptor for every level and
+/// never resolves a path string twice: each component is looked at with O_NOFOLLOW relative
+/// to the directory above it, symlinks are expanded by hand with "/" meaning the rootfs, and
+/// ".." never climbs above the rootfs. Nothing the image contains can make it leave the root.
 pub fn mkdir_all(root: BorrowedFd, path: &Path) -> Result<OwnedFd> {
-    let dir_flags = libc::O_PATH | libc::O_DIRECTORY;
-    match open_in_root(root, path, dir_flags) {
-        Ok(fd) => return Ok(fd),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-        Err(e) => return Err(e).ctx(|| format!("resolve {} in the rootfs", path.display())),
-    }
-    let mut sofar = PathBuf::from("/");
-    let mut cur = open_in_root(root, Path::new("/"), dir_flags).ctx(|| "open the rootfs")?;
-    for comp in path.components() {
-        let name = match comp {
-            Component::Normal(name) => name,
-            Component::ParentDir => {
-                sofar.push("..");
-                cur = open_in_root(root, &sofar, dir_flags)
-                    .ctx(|| format!("resolve {} in the rootfs", sofar.display()))?;
-                continue;
+    use std::collections::VecDeque;
+    use std::os::unix::ffi::OsStrExt;
+    let dir_flags = nix::fcntl::OFlag::O_PATH
+        | nix::fcntl::OFlag::O_DIRECTORY
+        | nix::fcntl::OFlag::O_NOFOLLOW
+        | nix::fcntl::OFlag::O_CLOEXEC;
+    let open_dir = |at: i32, name: &OsStr| -> nix::Result<OwnedFd> {
+        nix::fcntl::openat(Some(at), name, dir_flags, Mode::empty())
+            // SAFETY: fresh descriptor from openat.
+            .map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    };
+    let err = |e: Errno| Error::Io {
+        context: format!("create {} in the rootfs", path.display()),
+        err: std::io::Error::from_raw_os_error(e as i32),
+    };
+    let top = open_dir(root.as_raw_fd(), OsStr::new(".")).map_err(err)?;
+    let mut stack: Vec<OwnedFd> = vec![top];
+    let mut todo: VecDeque<std::ffi::OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut links = 0;
+    while let Some(name) = todo.pop_front() {
+        if name == ".." {
+            if stack.len() > 1 {
+                stack.pop();
             }
-            _ => continue,
+            continue;
+        }
+        let cur = stack.last().expect("never empty").as_raw_fd();
+        let st = match nix::sys::stat::fstatat(
+            Some(cur),
+            name.as_os_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => Some(st),
+            Err(Errno::ENOENT) => None,
+            Err(e) => return Err(err(e)),
         };
-        sofar.push(name);
-        match open_in_root(root, &sofar, dir_flags) {
-            Ok(fd) => cur = fd,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+        match st.map(|st| SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT)) {
+            None => {
                 match nix::sys::stat::mkdirat(
-                    Some(cur.as_raw_fd()),
-                    name,
+                    Some(cur),
+                    name.as_os_str(),
                     Mode::from_bits_truncate(0o755),
                 ) {
                     Ok(()) | Err(Errno::EEXIST) => {}
-                    Err(e) => {
-                        return Err(e).ctx(|| format!("create {} in the rootfs", sofar.display()))
+                    Err(e) => return Err(err(e)),
+                }
+                stack.push(open_dir(cur, &name).map_err(err)?);
+            }
+            Some(SFlag::S_IFLNK) => {
+                links += 1;
+                if links > 40 {
+                    return Err(err(Errno::ELOOP));
+                }
+                let target = nix::fcntl::readlinkat(Some(cur), name.as_os_str()).map_err(err)?;
+                let target = Path::new(&target);
+                if target.as_os_str().as_bytes().first() == Some(&b'/') {
+                    stack.truncate(1);
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => todo.push_front(n.to_os_string()),
+                        Component::ParentDir => todo.push_front("..".into()),
+                        _ => {}
                     }
                 }
-                cur = open_in_root(root, &sofar, dir_flags).ctx(|| {
-                    format!(
-                        "resolve {} in the rootfs (is it a dangling symlink?)",
-                        sofar.display()
-                    )
-                })?;
             }
-            Err(e) => return Err(e).ctx(|| format!("resolve {} in the rootfs", sofar.display())),
+            Some(SFlag::S_IFDIR) => stack.push(open_dir(cur, &name).map_err(err)?),
+            Some(_) => return Err(err(Errno::ENOTDIR)),
         }
     }
-    Ok(cur)
+    Ok(stack.pop().expect("never empty"))
 }
 
 /// Open (creating an empty regular file if needed) a non-directory mount target in the root.

@@ -105,7 +105,7 @@ impl StateDir {
         let dir = root.join(id);
         let lock = match lock_dir(&dir, exclusive) {
             Ok(l) => l,
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::Io { err, .. }) if err.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::NotFound(id.to_string()))
             }
             Err(e) => return Err(e),

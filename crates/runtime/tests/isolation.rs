@@ -235,3 +235,104 @@ fn runtime_binary_is_not_reachable_from_a_created_container() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "DENIED\nDENIED\n");
 }
+
+#[test]
+fn mount_destination_symlink_cannot_escape_the_rootfs() {
+    // CVE-2021-30465 class: the image makes /evil a symlink to a host path; a mount on /evil
+    // must land inside the rootfs, never on the host.
+    let env = TestEnv::new();
+    let id = unique("esc");
+    let cg = unique("cg");
+    let host_target = env.tmp.path().join("host-target");
+    std::fs::create_dir_all(&host_target).unwrap();
+    std::os::unix::fs::symlink(&host_target, env.bundle.join("rootfs/evil")).unwrap();
+    std::os::unix::fs::symlink(
+        "../../../../../../../../var/lib/evil2",
+        env.bundle.join("rootfs/evil2"),
+    )
+    .unwrap();
+    let mut cfg = busybox_config(
+        &["sh", "-c", "touch /evil/inside /evil2/inside2 && echo OK || { ls -la / /evil; readlink /evil; grep evil /proc/self/mountinfo; }"],
+        &cg,
+    );
+    for d in ["/evil", "/evil2"] {
+        cfg["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": d, "type": "tmpfs", "source": "tmpfs", "options": ["size=1m"]}),
+        );
+    }
+    env.write_config(&cfg);
+    let (code, out, err) = run_container(&env, &id);
+    assert_eq!(code, 0, "{err} {out}");
+    assert_eq!(out, "OK\n");
+    // Nothing was mounted or written on the host side of the links.
+    assert!(std::fs::read_dir(&host_target).unwrap().next().is_none());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(host_target.to_str().unwrap()),
+        "a mount escaped to the host"
+    );
+    assert!(!std::path::Path::new("/var/lib/evil2").exists());
+    assert!(
+        env.bundle.join("rootfs/var/lib/evil2").is_dir(),
+        "the link target was created inside the rootfs"
+    );
+    assert_gone(&env, &id, &cg);
+}
+
+#[test]
+fn joins_namespaces_by_path_including_pid_and_user() {
+    // A first container owns the namespaces; a second joins its net, ipc, uts and pid
+    // namespaces (pid needs the runtime's slow path: setns first, then clone).
+    let env = TestEnv::new();
+    let owner = unique("own");
+    let joiner = unique("join");
+    let cg1 = unique("cg");
+    let cg2 = unique("cg");
+    env.write_config(&busybox_config(&["sleep", "1000"], &cg1));
+    let _g = Cleanup {
+        env: &env,
+        id: owner.clone(),
+    };
+    assert!(rt_out(
+        &env,
+        &[
+            "run",
+            "-d",
+            "--bundle",
+            env.bundle.to_str().unwrap(),
+            &owner
+        ]
+    )
+    .status
+    .success());
+    let pid = state_json(&env, &owner)["pid"].as_i64().unwrap();
+    let mut cfg = busybox_config(
+        &[
+            "sh",
+            "-c",
+            "hostname; ps -o pid,comm | grep -c sleep; readlink /proc/self/ns/net",
+        ],
+        &cg2,
+    );
+    cfg["hostname"] = serde_json::Value::Null;
+    cfg["linux"]["namespaces"] = json!([
+        {"type": "pid", "path": format!("/proc/{pid}/ns/pid")},
+        {"type": "network", "path": format!("/proc/{pid}/ns/net")},
+        {"type": "ipc", "path": format!("/proc/{pid}/ns/ipc")},
+        {"type": "uts", "path": format!("/proc/{pid}/ns/uts")},
+        {"type": "mount"}
+    ]);
+    env.write_config(&cfg);
+    let (code, out, err) = run_container(&env, &joiner);
+    assert_eq!(code, 0, "{err}");
+    let mut l = out.lines();
+    assert_eq!(l.next(), Some("vessel-test"), "uts joined: {out}");
+    assert_eq!(
+        l.next(),
+        Some("1"),
+        "pid joined, sees the owner's sleep: {out}"
+    );
+    let owner_net = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    assert_eq!(l.next(), Some(owner_net.to_str().unwrap()));
+    assert_gone(&env, &joiner, &cg2);
+}

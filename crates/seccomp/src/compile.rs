@@ -60,7 +60,7 @@ fn operator(op: LinuxSeccompOperator, value_two: Option<u64>) -> ScmpCompareOp {
 
 fn lib(what: impl Into<String>) -> impl FnOnce(libseccomp::error::SeccompError) -> Error {
     let what = what.into();
-    move |source| Error::Libseccomp { what, source }
+    move |err| Error::Libseccomp { what, err }
 }
 
 pub fn filter_flags(spec: &LinuxSeccomp) -> u32 {

@@ -19,15 +19,15 @@ pub enum Error {
     /// The profile asks for something invalid; the text names the field and value.
     #[error("{0}")]
     Profile(String),
-    #[error("linux.seccomp: libseccomp refused {what}: {source}")]
+    #[error("linux.seccomp: libseccomp refused {what}: {err}")]
     Libseccomp {
         what: String,
-        source: libseccomp::error::SeccompError,
+        err: libseccomp::error::SeccompError,
     },
-    #[error("{context}: {source}")]
+    #[error("{context}: {err}")]
     Io {
         context: String,
-        source: std::io::Error,
+        err: std::io::Error,
     },
 }
 
@@ -35,5 +35,5 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let context = context.into();
-    move |source| Error::Io { context, source }
+    move |err| Error::Io { context, err }
 }

@@ -97,7 +97,7 @@ impl Program {
             };
             return Err(Error::Io {
                 context: format!("seccomp(SECCOMP_SET_MODE_FILTER){hint}"),
-                source: err,
+                err,
             });
         }
         if self.needs_listener {
