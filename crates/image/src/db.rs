@@ -131,6 +131,19 @@ impl Db {
     }
 
     fn migrate(&mut self) -> Result<()> {
+        // The common case, an up-to-date database, needs no write lock.
+        let current: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT version FROM schema_versions WHERE component = ?1",
+                [COMPONENT],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap_or(None);
+        if current == Some(SCHEMA_VERSION) {
+            return Ok(());
+        }
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
