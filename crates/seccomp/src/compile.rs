@@ -78,6 +78,19 @@ pub fn filter_flags(spec: &LinuxSeccomp) -> u32 {
     flags
 }
 
+/// A flag the kernel lacks would only fail at load time, inside the container's init, as a
+/// bare EINVAL; say which one at create time instead.
+fn check_kernel_flags(flags: u32) -> Result<()> {
+    for (name, bit) in crate::features::FLAGS {
+        if flags & bit != 0 && !crate::features::kernel_supports(bit) {
+            return Err(Error::Profile(format!(
+                "linux.seccomp.flags: {name} is not supported by this kernel"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Validate and compile. Syscall names libseccomp does not know are skipped, as runc does:
 /// profiles such as Docker's list syscalls newer than some kernels and libseccomp versions.
 pub fn compile(spec: &LinuxSeccomp) -> Result<Program> {
@@ -171,6 +184,7 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Program> {
         ));
     }
     let mut flags = filter_flags(spec);
+    check_kernel_flags(flags)?;
     if needs_listener {
         flags |= SECCOMP_FILTER_FLAG_NEW_LISTENER;
     }
@@ -201,4 +215,105 @@ fn export(ctx: &ScmpFilterContext) -> Result<Vec<Instruction>> {
         )));
     }
     Ok(raw.chunks_exact(8).map(Instruction::from_bytes).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(v: serde_json::Value) -> LinuxSeccomp {
+        serde_json::from_value(v).expect("valid profile")
+    }
+
+    fn err(v: serde_json::Value) -> String {
+        match compile(&spec(v)) {
+            Ok(_) => panic!("compiled"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn errno_out_of_range_names_the_field() {
+        let e = err(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 70000}]
+        }));
+        assert!(e.contains("linux.seccomp.syscalls[0].action"), "{e}");
+        assert!(e.contains("70000"), "{e}");
+    }
+
+    #[test]
+    fn arg_index_over_five_names_the_field() {
+        let e = err(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [
+                {"names": ["read"], "action": "SCMP_ACT_ERRNO"},
+                {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO",
+                 "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_EQ"},
+                          {"index": 6, "value": 1, "op": "SCMP_CMP_EQ"}]}
+            ]
+        }));
+        assert!(
+            e.contains("linux.seccomp.syscalls[1].args[1].index: 6"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn notify_needs_a_listener_path_and_sets_new_listener() {
+        let e = err(serde_json::json!({"defaultAction": "SCMP_ACT_NOTIFY"}));
+        assert!(e.contains("linux.seccomp.listenerPath"), "{e}");
+        let p = compile(&spec(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "listenerPath": "/run/agent.sock",
+            "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]
+        })))
+        .expect("compiles");
+        assert!(p.needs_listener());
+        assert_ne!(p.flags() & SECCOMP_FILTER_FLAG_NEW_LISTENER, 0);
+    }
+
+    #[test]
+    fn empty_names_is_an_error() {
+        let e = err(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": [], "action": "SCMP_ACT_ERRNO"}]
+        }));
+        assert!(e.contains("linux.seccomp.syscalls[0].names"), "{e}");
+    }
+
+    #[test]
+    fn unknown_operator_is_refused_when_parsing() {
+        let bad: std::result::Result<LinuxSeccomp, _> = serde_json::from_value(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO",
+                          "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_FOO"}]}]
+        }));
+        let e = bad.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("SCMP_CMP_FOO"), "{e}");
+    }
+
+    #[test]
+    fn flags_map_to_kernel_bits() {
+        let s = spec(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "flags": ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"]
+        }));
+        assert_eq!(
+            filter_flags(&s),
+            SECCOMP_FILTER_FLAG_LOG | SECCOMP_FILTER_FLAG_SPEC_ALLOW
+        );
+        // This kernel (6.x) has LOG; the program carries the flag.
+        let p = compile(&s).expect("compiles");
+        assert_ne!(p.flags() & SECCOMP_FILTER_FLAG_LOG, 0);
+    }
+
+    #[test]
+    fn rules_equal_to_the_default_are_dropped_not_refused() {
+        compile(&spec(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]
+        })))
+        .expect("compiles");
+    }
 }

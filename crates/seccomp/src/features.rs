@@ -18,7 +18,7 @@ pub struct SeccompFeatures {
     pub supported_flags: Vec<&'static str>,
 }
 
-const FLAGS: [(&str, u32); 4] = [
+pub(crate) const FLAGS: [(&str, u32); 4] = [
     ("SECCOMP_FILTER_FLAG_TSYNC", SECCOMP_FILTER_FLAG_TSYNC),
     ("SECCOMP_FILTER_FLAG_LOG", SECCOMP_FILTER_FLAG_LOG),
     (
@@ -33,7 +33,7 @@ const FLAGS: [(&str, u32); 4] = [
 
 /// The kernel answers EFAULT (bad program pointer) for a flag it knows and EINVAL for one it
 /// does not: probing with a null program installs nothing.
-fn kernel_supports(flag: u32) -> bool {
+pub(crate) fn kernel_supports(flag: u32) -> bool {
     // SAFETY: a null program is rejected before anything is installed.
     let r = unsafe {
         libc::syscall(

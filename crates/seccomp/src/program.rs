@@ -149,6 +149,16 @@ impl Program {
     }
 }
 
+/// Asked of libseccomp once per process, so a cache hit does no libseccomp work at all.
+fn libseccomp_version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        libseccomp::ScmpVersion::current()
+            .map(|v| format!("{}.{}.{}", v.major, v.minor, v.micro))
+            .unwrap_or_default()
+    })
+}
+
 /// Compiled programs on disk, one file per distinct profile.
 pub struct Cache {
     dir: PathBuf,
@@ -165,10 +175,7 @@ impl Cache {
         let mut h = Sha256::new();
         h.update(b"vessel-seccomp cache v1\0");
         h.update(serde_json::to_vec(spec).unwrap_or_default());
-        let v = libseccomp::ScmpVersion::current()
-            .map(|v| format!("{}.{}.{}", v.major, v.minor, v.micro))
-            .unwrap_or_default();
-        h.update(v.as_bytes());
+        h.update(libseccomp_version().as_bytes());
         h.update(std::env::consts::ARCH.as_bytes());
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -192,14 +199,27 @@ impl Cache {
     }
 
     fn store(&self, path: &Path, program: &Program) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        // pid + a per-process counter: writers in other processes and other threads of this
+        // one each get their own temp file, and rename makes the last one win whole.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
         std::fs::create_dir_all(&self.dir)?;
         let tmp = self.dir.join(format!(
-            ".tmp-{}-{}",
+            ".tmp-{}-{}-{}",
             std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
             path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
         ));
-        std::fs::write(&tmp, program.encode())?;
-        std::fs::rename(&tmp, path)
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(&program.encode())?;
+            f.sync_all()
+        });
+        if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(())
     }
 }
 
@@ -245,6 +265,38 @@ pub fn send_listener(listener_path: &Path, fd: BorrowedFd, state_json: &[u8]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(v: serde_json::Value) -> LinuxSeccomp {
+        serde_json::from_value(v).expect("valid profile")
+    }
+
+    #[test]
+    fn cache_key_is_stable_hex_and_covers_the_whole_profile() {
+        let a = spec(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]
+        }));
+        let k = Cache::key(&a);
+        assert_eq!(k.len(), 64);
+        assert!(k.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(k, Cache::key(&a.clone()));
+        let variants = [
+            serde_json::json!({"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 38,
+                "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]}),
+            serde_json::json!({"defaultAction": "SCMP_ACT_ERRNO",
+                "syscalls": [{"names": ["write"], "action": "SCMP_ACT_ALLOW"}]}),
+            serde_json::json!({"defaultAction": "SCMP_ACT_ERRNO",
+                "syscalls": [{"names": ["read"], "action": "SCMP_ACT_LOG"}]}),
+            serde_json::json!({"defaultAction": "SCMP_ACT_ERRNO", "flags": ["SECCOMP_FILTER_FLAG_LOG"],
+                "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]}),
+            serde_json::json!({"defaultAction": "SCMP_ACT_ERRNO",
+                "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW",
+                    "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_EQ"}]}]}),
+        ];
+        for v in variants {
+            assert_ne!(Cache::key(&spec(v.clone())), k, "{v}");
+        }
+    }
 
     #[test]
     fn encode_decode_round_trip_and_corruption() {

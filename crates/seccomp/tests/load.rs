@@ -264,3 +264,98 @@ fn notify_listener_receives_the_call_and_send_listener_delivers_it() {
     );
     assert!(!target.exists());
 }
+
+// --- Docker's default profile ---------------------------------------------------------------
+
+/// moby's `profiles/seccomp/default.json` resolved the way dockerd hands it to runc on amd64
+/// with Docker's default capabilities (rules gated on other arches or on caps such as
+/// CAP_SYS_ADMIN dropped; the clone namespace-flag mask and clone3 → ENOSYS kept).
+fn docker_default() -> LinuxSeccomp {
+    let raw = include_str!("data/docker-default.json");
+    serde_json::from_str(raw).expect("docker default profile parses")
+}
+
+#[test]
+fn docker_default_profile_compiles_and_busybox_runs_under_it() {
+    let spec = docker_default();
+    let p = compile(&spec).unwrap();
+    assert!(!p.needs_listener());
+    assert!(p.instructions().len() > 100, "{}", p.instructions().len());
+    let o = run_under(&p, &["true"]);
+    assert!(o.status.success(), "{o:?}");
+    let o = run_under(&p, &["sh", "-c", "echo hi | cat"]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(o.stdout, b"hi\n");
+    // Outside the allow list: the default action (EPERM) applies.
+    let o = run_under(&p, &["hostname", "vessel-test"]);
+    assert!(!o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Operation not permitted"),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn log_and_allow_actions_let_calls_through() {
+    let dir = tempfile::tempdir().unwrap();
+    for act in ["SCMP_ACT_LOG", "SCMP_ACT_ALLOW"] {
+        let p = compile(&profile(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [
+                {"names": ["mkdir", "mkdirat"], "action": act},
+                {"names": ["rmdir"], "action": "SCMP_ACT_ERRNO"}
+            ]
+        })))
+        .unwrap();
+        let target = dir.path().join(act);
+        let o = run_under(&p, &["mkdir", target.to_str().unwrap()]);
+        assert!(o.status.success(), "{act}: {o:?}");
+        assert!(target.is_dir(), "{act}");
+        let o = run_under(&p, &["rmdir", target.to_str().unwrap()]);
+        assert!(!o.status.success(), "{act}: {o:?}");
+    }
+}
+
+#[test]
+fn cache_hit_reads_the_file_and_does_not_compile() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::new(dir.path());
+    let a = profile(serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]
+    }));
+    let b = profile(serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["rmdir"], "action": "SCMP_ACT_ERRNO"}]
+    }));
+    let pa = cache.get_or_compile(&a).unwrap();
+    // Plant A's program under B's key: a hit must return what the file says, which proves
+    // it never went to libseccomp.
+    std::fs::copy(cache.path_for(&a), cache.path_for(&b)).unwrap();
+    let hit = cache.get_or_compile(&b).unwrap();
+    assert_eq!(hit, pa);
+    assert_ne!(hit, compile(&b).unwrap());
+    // No temp files left behind.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with(".tmp")), "{names:?}");
+}
+
+#[test]
+fn concurrent_writers_leave_one_good_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = docker_default();
+    let want = compile(&spec).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let got = Cache::new(dir.path()).get_or_compile(&spec).unwrap();
+                assert_eq!(got, want);
+            });
+        }
+    });
+    assert_eq!(Cache::new(dir.path()).get_or_compile(&spec).unwrap(), want);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
