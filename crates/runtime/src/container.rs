@@ -101,6 +101,9 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
     (&f).write_all(b"0").ctx(|| "release the container init")?;
     drop(f);
     std::fs::remove_file(&fifo).ctx(|| format!("remove {}", fifo.display()))?;
+    if !st.has_late_hooks {
+        return Ok(());
+    }
     let spec = dir.config()?;
     let hs = HookState {
         oci_version: &st.oci_version,
@@ -228,7 +231,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         let _ = cg.kill_all(libc::SIGKILL);
     }
     cg.remove()?;
-    if !st.stopped_hooks_done {
+    if st.has_late_hooks && !st.stopped_hooks_done {
         let spec = dir.config().ok();
         let hs = HookState {
             oci_version: &st.oci_version,

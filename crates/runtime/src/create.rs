@@ -316,6 +316,10 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         pid_start: sys::process_start_time(pid).unwrap_or(0),
         cgroups_path: cg_path,
         stopped_hooks_done: false,
+        has_late_hooks: spec_hooks.is_some_and(|h| {
+            h.poststart().as_ref().is_some_and(|v| !v.is_empty())
+                || h.poststop().as_ref().is_some_and(|v| !v.is_empty())
+        }),
     };
     dir.write_config(&raw)?;
     dir.save(&state)?;

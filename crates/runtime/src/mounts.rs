@@ -203,6 +203,12 @@ fn mount_setattr_recursive(fd: BorrowedFd, set: u64, clr: u64) -> std::io::Resul
 /// ".." never climbs above the rootfs. Nothing the image contains can make it leave the root.
 pub fn mkdir_all(root: BorrowedFd, path: &Path) -> Result<OwnedFd> {
     use std::collections::VecDeque;
+    // Fast path: the target usually exists; one openat2 confined to the root resolves it.
+    match open_in_root(root, path, libc::O_PATH | libc::O_DIRECTORY) {
+        Ok(fd) => return Ok(fd),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(e).ctx(|| format!("resolve {} in the rootfs", path.display())),
+    }
     use std::os::unix::ffi::OsStrExt;
     let dir_flags = nix::fcntl::OFlag::O_PATH
         | nix::fcntl::OFlag::O_DIRECTORY

@@ -38,6 +38,10 @@ pub struct State {
     /// Set once `delete`/`run` has run the poststop hooks, so they never run twice.
     #[serde(default)]
     pub stopped_hooks_done: bool,
+    /// Whether config.json has poststart/poststop hooks: `start` and `delete` only read the
+    /// saved config when it does.
+    #[serde(default = "yes")]
+    pub has_late_hooks: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +237,10 @@ pub fn list_ids(root: &Path) -> Result<Vec<String>> {
     }
     ids.sort();
     Ok(ids)
+}
+
+fn yes() -> bool {
+    true
 }
 
 pub fn now_rfc3339() -> String {
