@@ -188,7 +188,10 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Program> {
     if needs_listener {
         flags |= SECCOMP_FILTER_FLAG_NEW_LISTENER;
     }
-    let bpf = export(&ctx)?;
+    let mut bpf = export(&ctx)?;
+    if let Some(max_nr) = crate::enosys::max_known_syscall(spec) {
+        bpf = crate::enosys::patch(bpf, max_nr);
+    }
     Ok(Program::new(bpf, flags, needs_listener))
 }
 

@@ -7,6 +7,7 @@
 //! allocation, which is what a forked child about to execve should be doing.
 
 mod compile;
+mod enosys;
 mod features;
 mod program;
 

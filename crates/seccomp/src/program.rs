@@ -173,7 +173,7 @@ impl Cache {
     /// architecture and our cache format.
     pub fn key(spec: &LinuxSeccomp) -> String {
         let mut h = Sha256::new();
-        h.update(b"vessel-seccomp cache v1\0");
+        h.update(b"vessel-seccomp cache v2\0");
         h.update(serde_json::to_vec(spec).unwrap_or_default());
         h.update(libseccomp_version().as_bytes());
         h.update(std::env::consts::ARCH.as_bytes());

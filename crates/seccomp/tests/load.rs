@@ -359,3 +359,100 @@ fn concurrent_writers_leave_one_good_file() {
     assert_eq!(Cache::new(dir.path()).get_or_compile(&spec).unwrap(), want);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
+
+/// Fork; in the child load `program` and run `body`, which only makes syscalls, then `_exit`
+/// with its result. Returns the child's wait status.
+fn in_forked_child(program: &Program, body: fn() -> i32) -> i32 {
+    // SAFETY: the child makes syscalls only (prctl, seccomp, the body's) and then _exits.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                libc::_exit(100);
+            }
+            if program.load().is_err() {
+                libc::_exit(101);
+            }
+            libc::_exit(body());
+        }
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+        status
+    }
+}
+
+fn personality_errno(persona: libc::c_ulong) -> i32 {
+    // SAFETY: personality(2) with a plain integer.
+    let r = unsafe { libc::syscall(libc::SYS_personality, persona) };
+    if r < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    } else {
+        0
+    }
+}
+
+#[test]
+fn personality_argument_conditions_in_a_forked_child() {
+    let p = compile(&profile(serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [
+            {"names": ["personality"], "action": "SCMP_ACT_ERRNO", "errnoRet": 42,
+             "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]},
+            {"names": ["personality"], "action": "SCMP_ACT_ERRNO", "errnoRet": 43,
+             "args": [{"index": 0, "value": 65280, "valueTwo": 512, "op": "SCMP_CMP_MASKED_EQ"}]}
+        ]
+    })))
+    .unwrap();
+    let status = in_forked_child(&p, || {
+        if personality_errno(0xffff_ffff) != 0 {
+            return 1; // a query is not matched by either rule
+        }
+        if personality_errno(8) != 42 {
+            return 2; // EQ 8
+        }
+        if personality_errno(0x0201) != 43 {
+            return 3; // (0x0201 & 0xff00) == 0x0200
+        }
+        if personality_errno(0x0301) != 0 {
+            return 4; // masked value differs: allowed
+        }
+        0
+    });
+    assert!(libc::WIFEXITED(status), "status {status:#x}");
+    assert_eq!(libc::WEXITSTATUS(status), 0);
+}
+
+#[test]
+fn syscalls_newer_than_the_profile_get_enosys() {
+    // Names up to exit_group (231 on x86_64): getpid is allowed, times is below the profile's
+    // horizon and so gets the default EPERM, and a number past every named one gets ENOSYS.
+    let p = compile(&profile(serde_json::json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "syscalls": [{"names": ["exit", "exit_group", "getpid", "some_future_syscall"], "action": "SCMP_ACT_ALLOW"}]
+    })))
+    .unwrap();
+    let status = in_forked_child(&p, || {
+        let errno = |nr: libc::c_long| {
+            // SAFETY: raw syscalls with no pointer arguments.
+            let r = unsafe { libc::syscall(nr, 0, 0, 0) };
+            if r < 0 {
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+            } else {
+                0
+            }
+        };
+        if errno(libc::SYS_getpid) != 0 {
+            return 1;
+        }
+        if errno(libc::SYS_times) != libc::EPERM {
+            return 2;
+        }
+        if errno(libc::SYS_exit_group + 1) != libc::ENOSYS {
+            return 3;
+        }
+        0
+    });
+    assert!(libc::WIFEXITED(status), "status {status:#x}");
+    assert_eq!(libc::WEXITSTATUS(status), 0);
+}
