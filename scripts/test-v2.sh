@@ -12,10 +12,14 @@ bins=$(cargo test -p vessel-cgroups -p vessel-runtime --no-run --locked --messag
   | jq -r 'select(.reason == "compiler-artifact" and .profile.test == true and .target.kind == ["test"]) | .executable' \
   | grep -E '/(manager|lifecycle|isolation|bad_input|hooks|console)-[0-9a-f]+$')
 [ -n "$bins" ] || { echo "test-v2: no test binaries built" >&2; exit 1; }
-script='set -e; mount | grep -q "^cgroup2 on /sys/fs/cgroup " || { echo "guest is not pure cgroup v2"; mount | grep cgroup; exit 1; }; '
+# The guest's /tmp cannot hold unix sockets: give the tests a tmpfs of their own.
+script='mount | grep -q "^cgroup2 on /sys/fs/cgroup " || { echo "guest is not pure cgroup v2"; mount | grep cgroup; exit 1; }; '
+script+='mkdir -p /dev/shm/vesseltest && export TMPDIR=/dev/shm/vesseltest; failed=0; '
 for b in $bins; do
-  script+="echo \"== cgroup v2 guest: $(basename "$b")\"; $b --test-threads 2; "
+  script+="echo \"== cgroup v2 guest: $(basename "$b")\"; $b --test-threads 2 || failed=1; "
 done
+script+='exit $failed'
+
 # vm-run shares its working directory read-write over 9p. The guest sees the host's / read-only
 # anyway, which is all the test binaries need (they write only to the guest's /tmp): run it
 # from an empty directory rather than share this tree and its large target/.
