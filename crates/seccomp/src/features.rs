@@ -7,7 +7,7 @@ use crate::compile::{
     SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
 };
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SeccompFeatures {
     pub enabled: bool,
@@ -46,20 +46,47 @@ pub(crate) fn kernel_supports(flag: u32) -> bool {
     r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EFAULT)
 }
 
+/// Actions and the kernel's SECCOMP_RET_* value for each (KILL is KILL_THREAD, as in runc).
+const ACTIONS: [(&str, u32); 9] = [
+    ("SCMP_ACT_ALLOW", 0x7fff_0000),
+    ("SCMP_ACT_ERRNO", 0x0005_0000),
+    ("SCMP_ACT_KILL", 0),
+    ("SCMP_ACT_KILL_PROCESS", 0x8000_0000),
+    ("SCMP_ACT_KILL_THREAD", 0),
+    ("SCMP_ACT_LOG", 0x7ffc_0000),
+    ("SCMP_ACT_NOTIFY", 0x7fc0_0000),
+    ("SCMP_ACT_TRACE", 0x7ff0_0000),
+    ("SCMP_ACT_TRAP", 0x0003_0000),
+];
+
+fn kernel_has_action(action: u32) -> bool {
+    const SECCOMP_GET_ACTION_AVAIL: libc::c_ulong = 2;
+    // SAFETY: the kernel reads one u32 from a pointer to a live local.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_GET_ACTION_AVAIL,
+            0,
+            &action as *const u32,
+        )
+    };
+    r == 0
+}
+
+/// Probed once per process: `features` is cheap to call again.
 pub fn features() -> SeccompFeatures {
+    static PROBED: std::sync::OnceLock<SeccompFeatures> = std::sync::OnceLock::new();
+    PROBED.get_or_init(probe).clone()
+}
+
+fn probe() -> SeccompFeatures {
     SeccompFeatures {
         enabled: true,
-        actions: vec![
-            "SCMP_ACT_ALLOW",
-            "SCMP_ACT_ERRNO",
-            "SCMP_ACT_KILL",
-            "SCMP_ACT_KILL_PROCESS",
-            "SCMP_ACT_KILL_THREAD",
-            "SCMP_ACT_LOG",
-            "SCMP_ACT_NOTIFY",
-            "SCMP_ACT_TRACE",
-            "SCMP_ACT_TRAP",
-        ],
+        actions: ACTIONS
+            .iter()
+            .filter(|(_, a)| kernel_has_action(*a))
+            .map(|(n, _)| *n)
+            .collect(),
         operators: vec![
             "SCMP_CMP_EQ",
             "SCMP_CMP_GE",
@@ -94,5 +121,27 @@ pub fn features() -> SeccompFeatures {
             .filter(|(_, f)| kernel_supports(*f))
             .map(|(n, _)| *n)
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_kernel_reports_the_common_actions_and_flags() {
+        let f = features();
+        for a in [
+            "SCMP_ACT_ALLOW",
+            "SCMP_ACT_ERRNO",
+            "SCMP_ACT_KILL_PROCESS",
+            "SCMP_ACT_LOG",
+        ] {
+            assert!(f.actions.contains(&a), "{a}: {:?}", f.actions);
+        }
+        assert!(f.supported_flags.contains(&"SECCOMP_FILTER_FLAG_TSYNC"));
+        assert_eq!(f.known_flags.len(), 4);
+        let json = serde_json::to_value(&f).unwrap_or_default();
+        assert!(json.get("supportedFlags").is_some(), "{json}");
     }
 }
