@@ -239,6 +239,10 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         }
         first_pid
     };
+    // The child may start on its rootfs at once: the first move of a task into a v1 cgroup
+    // waits for an RCU grace period (~10 ms here), so it is done while the child works.
+    // The child waits for the Continue that follows before anything that needs its cgroup.
+    parent_end.send(&Msg::Pid(pid))?;
     if !into_cgroup {
         cgroup.add_task(pid)?;
     }
@@ -247,7 +251,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
             format!("process.oomScoreAdj: set {adj} (lowering it needs CAP_SYS_RESOURCE)")
         })?;
     }
-    parent_end.send(&Msg::Pid(pid))?;
+    parent_end.send(&Msg::Continue)?;
 
     let annotations = spec.annotations().clone().unwrap_or_default();
     let hook_state = |status| HookState {

@@ -119,6 +119,16 @@ fn setup(ctx: &InitContext) -> Result<Infallible> {
             .ctx(|| "setresuid(0) in the user namespace")?;
     }
     ctx.plan.late_unshare(spec)?;
+    // The parent moves us into our cgroup meanwhile; this waits for that, once.
+    let joined = std::cell::Cell::new(false);
+    let join_cgroup = || -> Result<()> {
+        if !joined.get() {
+            ctx.channel.expect(&Msg::Continue, "wait for the cgroup")?;
+            ctx.plan.unshare_cgroupns()?;
+            joined.set(true);
+        }
+        Ok(())
+    };
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         nix::unistd::sethostname(h).ctx(|| format!("hostname: set {h:?}"))?;
     }
@@ -153,10 +163,12 @@ fn setup(ctx: &InitContext) -> Result<Infallible> {
                             && n.path().is_none()
                     })
                 }),
+            before_cgroup_mount: &join_cgroup,
         })?)
     } else {
         None
     };
+    join_cgroup()?;
 
     let hooks = spec.hooks().as_ref();
     let has_runtime_hooks = hooks.is_some_and(|h| {

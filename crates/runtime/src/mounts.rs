@@ -334,6 +334,9 @@ pub struct RootfsContext<'a> {
     /// Inside a new user namespace: mknod is not allowed, devices are bind-mounted instead.
     pub in_userns: bool,
     pub new_cgroupns: bool,
+    /// Called before the first cgroup mount: the process must be in its cgroup (and its
+    /// cgroup namespace) by then.
+    pub before_cgroup_mount: &'a dyn Fn() -> Result<()>,
 }
 
 /// Make the mount tree private to us, bind the rootfs onto itself (pivot_root needs a mount
@@ -362,6 +365,9 @@ pub fn prepare(ctx: &RootfsContext) -> Result<OwnedFd> {
 
     let mut dev_is_bind = false;
     for (i, m) in ctx.spec.mounts().iter().flatten().enumerate() {
+        if matches!(m.typ().as_deref(), Some("cgroup") | Some("cgroup2")) {
+            (ctx.before_cgroup_mount)()?;
+        }
         mount_one(root.as_fd(), m, ctx).map_err(|e| {
             Error::Child(format!("mounts[{i}] ({}): {e}", m.destination().display()))
         })?;

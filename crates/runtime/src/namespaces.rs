@@ -125,11 +125,16 @@ impl NsPlan {
         Ok(())
     }
 
-    /// After the parent has done its part: cgroup namespace (v1) and time namespace.
-    pub fn late_unshare(&self, spec: &Spec) -> Result<()> {
+    /// v1: the cgroup namespace, once the parent has moved us into our cgroup.
+    pub fn unshare_cgroupns(&self) -> Result<()> {
         if self.deferred_cgroupns {
             unshare(CloneFlags::CLONE_NEWCGROUP).ctx(|| "unshare the cgroup namespace")?;
         }
+        Ok(())
+    }
+
+    /// The time namespace: unshare, write the offsets, enter it.
+    pub fn late_unshare(&self, spec: &Spec) -> Result<()> {
         if self.new_time {
             unshare(CLONE_NEWTIME).ctx(|| "unshare the time namespace")?;
             let offsets = spec

@@ -220,7 +220,7 @@ fn podman_tty() {
             &p.image,
             "sh",
             "-c",
-            "tty; echo done",
+            "tty; echo done; sleep 0.5",
         ]
         .map(String::from),
     );
