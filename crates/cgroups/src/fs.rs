@@ -27,17 +27,6 @@ pub fn mkdir_p(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io(format!("create cgroup {}", dir.display())))
 }
 
-/// Whether the unified directory's cgroup.controllers offers `controller`.
-pub fn controller_available(dir: &Path, controller: &str) -> bool {
-    let parent = dir.parent().unwrap_or(dir);
-    for d in [dir, parent] {
-        if let Ok(s) = std::fs::read_to_string(d.join("cgroup.controllers")) {
-            return s.split_whitespace().any(|c| c == controller);
-        }
-    }
-    false
-}
-
 /// v1 cpuset: a new cgroup starts with empty cpus/mems and refuses tasks until they are set;
 /// copy them down from the nearest ancestor that has them.
 pub fn init_cpuset(dir: &Path) -> Result<()> {

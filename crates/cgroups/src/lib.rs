@@ -11,7 +11,7 @@ mod resources;
 mod stats;
 
 use std::os::fd::OwnedFd;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 pub use layout::Layout;
 pub use stats::Stats;
@@ -49,60 +49,79 @@ pub struct CgroupManager {
     v1: Vec<(Vec<String>, PathBuf)>,
     /// The container's directory in the unified hierarchy (v2, or hybrid's cgroup2 mount).
     unified: Option<PathBuf>,
+    /// Hybrid: controllers bound to the cgroup2 mount (cached for the process).
+    unified_controllers: &'static [String],
+}
+
+/// linux.cgroupsPath → the path below a hierarchy root (or below our own cgroup), checked
+/// component by component: no "..", ".", or empty components, no systemd "slice:prefix:name".
+fn check_path(cgroups_path: &Path) -> Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = cgroups_path.as_os_str().as_bytes();
+    let text = String::from_utf8_lossy(bytes);
+    let bad = |why: &str| Error::Invalid(format!("linux.cgroupsPath {text:?}: {why}"));
+    if !cgroups_path.is_absolute() && text.split(':').count() == 3 {
+        return Err(bad(
+            "the systemd form slice:prefix:name needs the systemd cgroup driver, which this manager does not provide",
+        ));
+    }
+    let body = bytes.strip_prefix(b"/").unwrap_or(bytes);
+    if body.is_empty() {
+        return Err(bad(
+            "names the root cgroup; give the container a cgroup of its own",
+        ));
+    }
+    let mut rel = PathBuf::new();
+    for c in body.split(|b| *b == b'/') {
+        match c {
+            b"" => {
+                return Err(bad(
+                    "must not contain empty components (\"//\" or a trailing \"/\")",
+                ))
+            }
+            b".." => return Err(bad("must not contain \"..\"")),
+            b"." => return Err(bad("must not contain \".\"")),
+            _ => rel.push(std::ffi::OsStr::from_bytes(c)),
+        }
+    }
+    Ok(rel)
 }
 
 impl CgroupManager {
     /// `cgroups_path` is linux.cgroupsPath: absolute paths are relative to each hierarchy's
     /// root, relative ones to the calling process's own cgroup (as runc).
     pub fn new(cgroups_path: &Path) -> Result<CgroupManager> {
-        let text = cgroups_path.to_string_lossy();
-        if !cgroups_path.is_absolute() && text.matches(':').count() == 2 {
-            return Err(Error::Invalid(format!(
-                "linux.cgroupsPath {text:?}: the systemd form slice:prefix:name needs --systemd-cgroup and a running systemd"
-            )));
-        }
-        let mut rel = PathBuf::new();
-        for c in cgroups_path.components() {
-            match c {
-                Component::RootDir | Component::CurDir => {}
-                Component::Normal(n) => rel.push(n),
-                _ => {
-                    return Err(Error::Invalid(format!(
-                        "linux.cgroupsPath {text:?}: must not contain \"..\""
-                    )))
-                }
-            }
-        }
-        if rel.as_os_str().is_empty() {
-            return Err(Error::Invalid(format!(
-                "linux.cgroupsPath {text:?}: names the root cgroup; give the container a cgroup of its own"
-            )));
-        }
-        let mounts = Mounts::read()?;
+        let rel = check_path(cgroups_path)?;
+        let mounts = Mounts::get()?;
         let own = if cgroups_path.is_absolute() {
             None
         } else {
             Some(layout::own_cgroups()?)
         };
-        let place = |key: &str, mount: &Path| -> PathBuf {
+        // Absolute: below the hierarchy's mount point. Relative: below our own cgroup in it.
+        let place = |key: &str, mount: &Path, root: &str| -> PathBuf {
             let base = own
                 .as_ref()
                 .and_then(|o| o.get(key))
-                .map(|p| p.trim_start_matches('/').to_string())
+                .map(|p| layout::below_root(p, root))
                 .unwrap_or_default();
             mount.join(base).join(&rel)
         };
         let v1 = mounts
             .v1
             .iter()
-            .map(|h| (h.controllers.clone(), place(&h.key, &h.mount)))
+            .map(|h| (h.controllers.clone(), place(&h.key, &h.mount, &h.root)))
             .collect();
-        let unified = mounts.unified.as_ref().map(|m| place("", m));
+        let unified = mounts
+            .unified
+            .as_ref()
+            .map(|m| place("", m, &mounts.unified_root));
         Ok(CgroupManager {
             path: cgroups_path.to_path_buf(),
             layout: mounts.layout(),
             v1,
             unified,
+            unified_controllers: &mounts.unified_controllers,
         })
     }
 
@@ -125,7 +144,7 @@ impl CgroupManager {
             return Some(d);
         }
         let u = self.unified.as_deref()?;
-        if self.layout == Layout::V2 || fs::controller_available(u, controller) {
+        if self.layout == Layout::V2 || self.unified_controllers.iter().any(|c| c == controller) {
             return Some(u);
         }
         None
@@ -304,5 +323,39 @@ impl DirFlags for std::fs::OpenOptions {
     fn custom_flags_dir(&mut self) -> &mut Self {
         use std::os::unix::fs::OpenOptionsExt;
         self.custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_path;
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn cgroups_path_checks() {
+        assert_eq!(
+            check_path(Path::new("/a/b")).ok(),
+            Some(PathBuf::from("a/b"))
+        );
+        assert_eq!(
+            check_path(Path::new("a/b")).ok(),
+            Some(PathBuf::from("a/b"))
+        );
+        for (bad, why) in [
+            ("/a/../b", "\"..\""),
+            ("/a//b", "empty"),
+            ("/a/b/", "empty"),
+            ("/", "root"),
+            ("", "root"),
+            ("/a/./b", "\".\""),
+            ("system.slice:vessel:abc", "systemd"),
+        ] {
+            let e = check_path(Path::new(bad)).map(|_| ()).err();
+            let msg = e.map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                msg.contains(why) && msg.contains("cgroupsPath"),
+                "{bad}: {msg}"
+            );
+        }
     }
 }

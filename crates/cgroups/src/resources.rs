@@ -11,26 +11,19 @@ fn invalid(msg: String) -> Error {
     Error::Invalid(msg)
 }
 
+/// The smallest memory limit the kernel can enforce: limits are counted in pages and a
+/// smaller value rounds down to zero pages, where every allocation fails.
+const MIN_MEMORY_LIMIT: i64 = 4096;
+
 pub fn validate(res: &LinuxResources, layout: Layout) -> Result<()> {
+    let v2 = layout == Layout::V2;
     if let Some(m) = res.memory() {
-        if let (Some(limit), Some(swap)) = (m.limit(), m.swap()) {
-            if limit > 0 && swap > 0 && swap < limit {
-                return Err(invalid(format!(
-                    "linux.resources.memory.swap: {swap} is below memory.limit {limit} (swap is memory+swap)"
-                )));
-            }
-        }
-        if let Some(s) = m.swappiness() {
-            if s > 100 {
-                return Err(invalid(format!(
-                    "linux.resources.memory.swappiness: {s} is above 100"
-                )));
-            }
-        }
         for (name, v) in [
             ("limit", m.limit()),
             ("reservation", m.reservation()),
             ("swap", m.swap()),
+            ("kernel", m.kernel()),
+            ("kernelTCP", m.kernel_tcp()),
         ] {
             if let Some(v) = v {
                 if v < -1 {
@@ -38,6 +31,22 @@ pub fn validate(res: &LinuxResources, layout: Layout) -> Result<()> {
                         "linux.resources.memory.{name}: {v} is negative (-1 means unlimited)"
                     )));
                 }
+            }
+        }
+        if let Some(limit) = m.limit() {
+            if limit > 0 && limit < MIN_MEMORY_LIMIT {
+                return Err(invalid(format!(
+                    "linux.resources.memory.limit: {limit} is below the kernel minimum ({MIN_MEMORY_LIMIT} bytes, one page)"
+                )));
+            }
+        }
+        // Also checks swap >= limit and that a swap limit comes with a memory limit.
+        v2_swap(m.limit(), m.swap())?;
+        if let Some(s) = m.swappiness() {
+            if s > 100 {
+                return Err(invalid(format!(
+                    "linux.resources.memory.swappiness: {s} is above 100"
+                )));
             }
         }
     }
@@ -73,6 +82,15 @@ pub fn validate(res: &LinuxResources, layout: Layout) -> Result<()> {
             }
         }
     }
+    if let Some(c) = res.cpu() {
+        let rt = c.realtime_runtime().is_some_and(|v| v != 0)
+            || c.realtime_period().is_some_and(|v| v != 0);
+        if v2 && rt {
+            return Err(Error::Unsupported(
+                "linux.resources.cpu.realtimeRuntime/realtimePeriod: cgroup v2 has no real-time CPU limits".into(),
+            ));
+        }
+    }
     if layout != Layout::V2 && res.unified().as_ref().is_some_and(|u| !u.is_empty()) {
         return Err(Error::Unsupported(
             "linux.resources.unified: needs a cgroup v2 host; this host uses cgroup v1".into(),
@@ -89,10 +107,40 @@ pub fn validate(res: &LinuxResources, layout: Layout) -> Result<()> {
     Ok(())
 }
 
+/// The spec's swap is memory+swap (v1 semantics); v2's memory.swap.max is swap alone.
+/// Returns the memory.swap.max value to write, None to leave it alone (as runc's
+/// ConvertMemorySwapToCgroupV2Value).
+pub(crate) fn v2_swap(limit: Option<i64>, swap: Option<i64>) -> Result<Option<String>> {
+    let limit = limit.unwrap_or(0);
+    match swap.unwrap_or(0) {
+        // Memory unlimited and swap unset: both unlimited, as on v1.
+        0 if limit == -1 => Ok(Some("max".into())),
+        0 => Ok(None),
+        -1 => Ok(Some("max".into())),
+        swap if limit <= 0 => Err(invalid(format!(
+            "linux.resources.memory.swap: {swap} needs a memory.limit (swap is memory+swap)"
+        ))),
+        swap if swap < limit => Err(invalid(format!(
+            "linux.resources.memory.swap: {swap} is below memory.limit {limit} (swap is memory+swap, so it must be >= limit)"
+        ))),
+        swap => Ok(Some((swap - limit).to_string())),
+    }
+}
+
 fn dir<'a>(m: &'a CgroupManager, controller: &str, field: &str) -> Result<&'a Path> {
     m.dir_for(controller).ok_or_else(|| {
         Error::Unsupported(format!("linux.resources.{field}: the {controller} cgroup controller is not available on this host"))
     })
+}
+
+/// cpu.shares (2..262144) → cpu.weight (1..10000), as runc.
+pub(crate) fn cpu_weight(shares: u64) -> u64 {
+    1 + ((shares.max(2) - 2) * 9999) / 262_142
+}
+
+/// blkio.weight (10..1000) → io.weight (1..10000), as runc.
+pub(crate) fn io_weight(weight: u16) -> u64 {
+    1 + (u64::from(weight).saturating_sub(10) * 9999) / 990
 }
 
 fn limit_str(v: i64) -> String {
@@ -115,25 +163,16 @@ pub fn apply(m: &CgroupManager, res: &LinuxResources) -> Result<()> {
             if let Some(r) = mem.reservation() {
                 write(&d.join("memory.low"), &limit_str(r))?;
             }
-            if let Some(s) = mem.swap() {
-                // v2 limits swap alone; the spec's swap is memory+swap.
-                let v = match (s, mem.limit()) {
-                    (-1, _) => "max".to_string(),
-                    (s, Some(l)) if l > 0 => (s - l).max(0).to_string(),
-                    (s, _) => s.to_string(),
-                };
+            if let Some(v) = v2_swap(mem.limit(), mem.swap())? {
                 let f = d.join("memory.swap.max");
                 if f.exists() {
                     write(&f, &v)?;
-                } else if s != 0 {
-                    return Err(Error::Unsupported("linux.resources.memory.swap: this kernel has no swap accounting (memory.swap.max)".into()));
+                } else if v != "max" {
+                    return Err(Error::Unsupported(format!("linux.resources.memory.swap: {v} cannot be applied, this kernel has no swap accounting (no memory.swap.max)")));
                 }
             }
-            if mem.disable_oom_killer() == Some(true) {
-                return Err(Error::Unsupported(
-                    "linux.resources.memory.disableOOMKiller: not supported on cgroup v2".into(),
-                ));
-            }
+            // swappiness, disableOOMKiller and kernel memory have no v2 files; runc ignores
+            // them there too.
         } else {
             let set_limit = |l: i64| write(&d.join("memory.limit_in_bytes"), &l.to_string());
             let memsw = d.join("memory.memsw.limit_in_bytes");
@@ -156,16 +195,16 @@ pub fn apply(m: &CgroupManager, res: &LinuxResources) -> Result<()> {
                         set_swap(s)?;
                     }
                 }
-                (Some(l), None) => {
-                    // Without an explicit swap, memory+swap follows the limit (as runc and
-                    // docker do). Raising: memsw first; lowering: the limit first.
-                    if set_limit(l).is_err() && memsw.exists() {
-                        write(&memsw, &l.to_string())?;
-                        set_limit(l)?;
-                    } else if memsw.exists() {
-                        write(&memsw, &l.to_string())?;
+                // No explicit swap: memory+swap is left alone (as runc), except that an
+                // unlimited memory makes memory+swap unlimited too, written first so that
+                // memsw >= limit holds at every step.
+                (Some(-1), None) => {
+                    if memsw.exists() {
+                        write(&memsw, "-1")?;
                     }
+                    set_limit(-1)?;
                 }
+                (Some(l), None) => set_limit(l)?,
                 (None, Some(s)) => set_swap(s)?,
                 (None, None) => {}
             }
@@ -178,10 +217,14 @@ pub fn apply(m: &CgroupManager, res: &LinuxResources) -> Result<()> {
             if mem.disable_oom_killer() == Some(true) {
                 write(&d.join("memory.oom_control"), "1")?;
             }
-            if let Some(t) = mem.kernel_tcp() {
-                let f = d.join("memory.kmem.tcp.limit_in_bytes");
-                if f.exists() {
-                    write(&f, &t.to_string())?;
+            // Kernel memory limits are deprecated (gone since 5.16 for kmem): best effort,
+            // as runc.
+            for (v, file) in [
+                (mem.kernel(), "memory.kmem.limit_in_bytes"),
+                (mem.kernel_tcp(), "memory.kmem.tcp.limit_in_bytes"),
+            ] {
+                if let Some(v) = v {
+                    let _ = std::fs::write(d.join(file), v.to_string());
                 }
             }
         }
@@ -190,8 +233,7 @@ pub fn apply(m: &CgroupManager, res: &LinuxResources) -> Result<()> {
         let d = dir(m, "cpu", "cpu")?;
         if v2 {
             if let Some(s) = cpu.shares().filter(|s| *s > 0) {
-                let weight = 1 + ((s.max(2) - 2) * 9999) / 262_142;
-                write(&d.join("cpu.weight"), &weight.to_string())?;
+                write(&d.join("cpu.weight"), &cpu_weight(s).to_string())?;
             }
             if cpu.quota().is_some() || cpu.period().is_some() {
                 let quota = match cpu.quota() {
@@ -203,11 +245,6 @@ pub fn apply(m: &CgroupManager, res: &LinuxResources) -> Result<()> {
             }
             if let Some(b) = cpu.burst() {
                 write(&d.join("cpu.max.burst"), &b.to_string())?;
-            }
-            if cpu.realtime_runtime().is_some() || cpu.realtime_period().is_some() {
-                return Err(Error::Unsupported(
-                    "linux.resources.cpu.realtimeRuntime: not supported on cgroup v2".into(),
-                ));
             }
         } else {
             if let Some(s) = cpu.shares().filter(|s| *s > 0) {
@@ -340,28 +377,45 @@ fn apply_blkio(m: &CgroupManager, b: &oci_spec::runtime::LinuxBlockIo, v2: bool)
             Error::Unsupported("linux.resources.blockIO.weight: this kernel's I/O scheduler has no weight file (BFQ not enabled)".into())
         })?;
         let value = if v2 && f.ends_with("io.weight") {
-            format!(
-                "default {}",
-                1 + ((w as u64).saturating_sub(10) * 9999) / 990
-            )
+            format!("default {}", io_weight(w))
         } else {
             w.to_string()
         };
         write(&f, &value)?;
     }
-    if let Some(w) = b.leaf_weight() {
-        if !v2 {
-            write(&d.join("blkio.leaf_weight"), &w.to_string())?;
+    // Leaf weights were CFQ-only: v2 has none (ignored, as runc); v1 only when CFQ is there.
+    if let Some(w) = b.leaf_weight().filter(|_| !v2) {
+        let f = d.join("blkio.leaf_weight");
+        if !f.exists() {
+            return Err(Error::Unsupported(format!("linux.resources.blockIO.leafWeight: {w} cannot be applied, this kernel has no blkio.leaf_weight (CFQ is gone)")));
         }
+        write(&f, &w.to_string())?;
     }
-    for wd in b.weight_device().iter().flatten() {
+    for (i, wd) in b.weight_device().iter().flatten().enumerate() {
+        let dev = format!("{}:{}", wd.major(), wd.minor());
         if let Some(w) = wd.weight() {
-            let f = if v2 {
-                "io.bfq.weight"
+            // BFQ takes the blkio scale on both versions; v2's io.weight its own.
+            let candidates: [(&str, String); 2] = if v2 {
+                [
+                    ("io.bfq.weight", format!("{dev} {w}")),
+                    ("io.weight", format!("{dev} {}", io_weight(w))),
+                ]
             } else {
-                "blkio.weight_device"
+                [
+                    ("blkio.weight_device", format!("{dev} {w}")),
+                    ("blkio.bfq.weight_device", format!("{dev} {w}")),
+                ]
             };
-            write(&d.join(f), &format!("{}:{} {w}", wd.major(), wd.minor()))?;
+            let (f, v) = candidates.iter().find(|(f, _)| d.join(f).exists()).ok_or_else(|| {
+                Error::Unsupported(format!("linux.resources.blockIO.weightDevice[{i}]: {dev} weight {w} cannot be applied, this kernel has no per-device weight file (BFQ not enabled)"))
+            })?;
+            write(&d.join(f), v)?;
+        }
+        if let Some(w) = wd.leaf_weight().filter(|_| !v2) {
+            let f = d.join("blkio.leaf_weight_device");
+            if f.exists() {
+                write(&f, &format!("{dev} {w}"))?;
+            }
         }
     }
     let throttles = [
@@ -402,4 +456,87 @@ fn apply_blkio(m: &CgroupManager, b: &oci_spec::runtime::LinuxBlockIo, v2: bool)
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v2_swap_follows_runc() {
+        let ok = |l, s| v2_swap(l, s).ok().flatten();
+        assert_eq!(
+            ok(Some(100 << 20), Some(300 << 20)),
+            Some((200 << 20).to_string())
+        );
+        assert_eq!(ok(Some(100 << 20), Some(100 << 20)), Some("0".into()));
+        assert_eq!(ok(Some(100 << 20), Some(-1)), Some("max".into()));
+        assert_eq!(ok(Some(-1), None), Some("max".into()));
+        assert_eq!(ok(Some(100 << 20), None), None);
+        let e = v2_swap(Some(200 << 20), Some(100 << 20))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("memory.swap") && e.contains(">= limit"), "{e}");
+        let e = v2_swap(None, Some(100 << 20)).unwrap_err().to_string();
+        assert!(e.contains("needs a memory.limit"), "{e}");
+    }
+
+    fn res(v: serde_json::Value) -> LinuxResources {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn validation_names_field_and_value() {
+        for (json, want) in [
+            (
+                serde_json::json!({"memory": {"limit": 100}}),
+                "linux.resources.memory.limit: 100 is below the kernel minimum",
+            ),
+            (
+                serde_json::json!({"memory": {"swappiness": 101}}),
+                "memory.swappiness: 101",
+            ),
+            (serde_json::json!({"cpu": {"shares": 1}}), "cpu.shares: 1"),
+            (serde_json::json!({"cpu": {"period": 10}}), "cpu.period: 10"),
+            (
+                serde_json::json!({"blockIO": {"weight": 5}}),
+                "blockIO.weight: 5",
+            ),
+            (serde_json::json!({"unified": {"../x": "1"}}), "unified"),
+        ] {
+            let e = validate(&res(json.clone()), Layout::V2)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{json}: {e}");
+        }
+        let e = validate(
+            &res(serde_json::json!({"unified": {"memory.high": "1"}})),
+            Layout::V1,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("linux.resources.unified"), "{e}");
+        let e = validate(
+            &res(serde_json::json!({"cpu": {"realtimeRuntime": 1000}})),
+            Layout::V2,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("realtimeRuntime"), "{e}");
+        assert!(validate(
+            &res(serde_json::json!({"cpu": {"realtimeRuntime": 1000}})),
+            Layout::V1
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn weight_conversions() {
+        assert_eq!(cpu_weight(2), 1);
+        assert_eq!(cpu_weight(1024), 39);
+        assert_eq!(cpu_weight(262_144), 10_000);
+        assert_eq!(io_weight(10), 1);
+        assert_eq!(io_weight(500), 4950);
+        assert_eq!(io_weight(1000), 10_000);
+    }
 }

@@ -29,6 +29,10 @@ pub struct CpuUsage {
     pub total: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub percpu: Vec<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub percpu_kernel: Vec<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub percpu_user: Vec<u64>,
     pub kernel: u64,
     pub user: u64,
 }
@@ -60,6 +64,9 @@ pub struct Memory {
     pub cache: u64,
     pub usage: MemoryEntry,
     pub swap: MemoryEntry,
+    pub kernel: MemoryEntry,
+    #[serde(rename = "kernelTCP")]
+    pub kernel_tcp: MemoryEntry,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub raw: BTreeMap<String, u64>,
 }
@@ -117,6 +124,17 @@ fn cap(v: Option<u64>) -> u64 {
     v.unwrap_or(0)
 }
 
+/// A v1 memory counter set: <prefix>.{usage_in_bytes,limit_in_bytes,max_usage_in_bytes,failcnt}.
+fn v1_entry(d: &Path, prefix: &str) -> MemoryEntry {
+    let f = |suffix: &str| cap(read_u64(&d.join(format!("{prefix}.{suffix}"))));
+    MemoryEntry {
+        usage: f("usage_in_bytes"),
+        limit: f("limit_in_bytes"),
+        max: f("max_usage_in_bytes"),
+        failcnt: f("failcnt"),
+    }
+}
+
 pub(crate) fn collect(m: &CgroupManager) -> Result<Stats> {
     let mut s = Stats::default();
     let v2 = m.layout() == Layout::V2;
@@ -144,6 +162,21 @@ pub(crate) fn collect(m: &CgroupManager) -> Result<Stats> {
                 .split_whitespace()
                 .filter_map(|v| v.parse().ok())
                 .collect();
+            // cpuacct.usage_all: "cpu user system" then one row per CPU, in ns.
+            for row in std::fs::read_to_string(d.join("cpuacct.usage_all"))
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+            {
+                let f: Vec<u64> = row
+                    .split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                if let [_, user, system] = f[..] {
+                    s.cpu.usage.percpu_user.push(user);
+                    s.cpu.usage.percpu_kernel.push(system);
+                }
+            }
             // cpuacct.stat is in clock ticks (USER_HZ = 100): convert to ns.
             let st = kv(&d.join("cpuacct.stat"));
             s.cpu.usage.user = st.get("user").copied().unwrap_or(0) * 10_000_000;
@@ -164,12 +197,10 @@ pub(crate) fn collect(m: &CgroupManager) -> Result<Stats> {
                 .copied()
                 .unwrap_or(0);
         } else {
-            s.memory.usage.usage = cap(read_u64(&d.join("memory.usage_in_bytes")));
-            s.memory.usage.limit = cap(read_u64(&d.join("memory.limit_in_bytes")));
-            s.memory.usage.max = cap(read_u64(&d.join("memory.max_usage_in_bytes")));
-            s.memory.usage.failcnt = cap(read_u64(&d.join("memory.failcnt")));
-            s.memory.swap.usage = cap(read_u64(&d.join("memory.memsw.usage_in_bytes")));
-            s.memory.swap.limit = cap(read_u64(&d.join("memory.memsw.limit_in_bytes")));
+            s.memory.usage = v1_entry(d, "memory");
+            s.memory.swap = v1_entry(d, "memory.memsw");
+            s.memory.kernel = v1_entry(d, "memory.kmem");
+            s.memory.kernel_tcp = v1_entry(d, "memory.kmem.tcp");
             s.memory.raw = kv(&d.join("memory.stat"));
             s.memory.cache = s.memory.raw.get("cache").copied().unwrap_or(0);
         }
@@ -276,4 +307,46 @@ pub(crate) fn collect(m: &CgroupManager) -> Result<Stats> {
         }
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_match_runc_events() {
+        let mut s = Stats::default();
+        s.cpu.usage.total = 1;
+        s.cpu.usage.percpu = vec![1];
+        s.cpu.usage.percpu_kernel = vec![1];
+        s.cpu.usage.percpu_user = vec![1];
+        s.cpu.throttling.throttled_periods = 1;
+        s.memory.raw.insert("cache".into(), 1);
+        s.pids.current = 1;
+        s.blkio
+            .io_service_bytes_recursive
+            .push(BlkioEntry::default());
+        s.hugetlb.insert("2MB".into(), Hugetlb::default());
+        let v = serde_json::to_value(&s).unwrap();
+        for path in [
+            "/cpu/usage/total",
+            "/cpu/usage/percpu",
+            "/cpu/usage/percpu_kernel",
+            "/cpu/usage/percpu_user",
+            "/cpu/usage/kernel",
+            "/cpu/usage/user",
+            "/cpu/throttling/throttledPeriods",
+            "/memory/usage/limit",
+            "/memory/usage/failcnt",
+            "/memory/swap/limit",
+            "/memory/kernel/limit",
+            "/memory/kernelTCP/limit",
+            "/memory/raw/cache",
+            "/pids/current",
+            "/blkio/ioServiceBytesRecursive",
+            "/hugetlb/2MB/failcnt",
+        ] {
+            assert!(v.pointer(path).is_some(), "{path} missing in {v}");
+        }
+    }
 }
