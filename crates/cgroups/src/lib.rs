@@ -3,6 +3,11 @@
 //! The layout is read once from /proc/self/mountinfo; each operation then touches only the
 //! files it needs. Resources are validated before anything is written (validate, then apply),
 //! and every error names the resource field, the value and the file.
+//!
+//! Call order for a container start: `new` → `validate` (before any host change) → `create`
+//! → `apply` → either `v2_dir_fd` for clone3(CLONE_INTO_CGROUP) on v2, or `add_task` with
+//! the child's pid (v1/hybrid, and exec'd processes everywhere). `update` is `apply` again.
+//! Teardown: `kill_all(SIGKILL)` then `remove` (which retries while processes exit).
 
 mod devices;
 mod fs;
@@ -51,6 +56,16 @@ pub struct CgroupManager {
     unified: Option<PathBuf>,
     /// Hybrid: controllers bound to the cgroup2 mount (cached for the process).
     unified_controllers: &'static [String],
+}
+
+/// Whether a v2 cgroup (or, before it exists, its parent) lists `controller` in
+/// cgroup.controllers.
+fn offers(dir: &Path, controller: &str) -> bool {
+    let parent = dir.parent().unwrap_or(dir);
+    [dir, parent]
+        .iter()
+        .find_map(|d| std::fs::read_to_string(d.join("cgroup.controllers")).ok())
+        .is_some_and(|s| s.split_whitespace().any(|c| c == controller))
 }
 
 /// linux.cgroupsPath → the path below a hierarchy root (or below our own cgroup), checked
@@ -144,7 +159,12 @@ impl CgroupManager {
             return Some(d);
         }
         let u = self.unified.as_deref()?;
-        if self.layout == Layout::V2 || self.unified_controllers.iter().any(|c| c == controller) {
+        if self.layout == Layout::V2 {
+            // Only controllers the unified hierarchy really offers here: v1-only ones
+            // (net_cls, net_prio, ...) must be refused by name, not written into thin air.
+            return offers(u, controller).then_some(u);
+        }
+        if self.unified_controllers.iter().any(|c| c == controller) {
             return Some(u);
         }
         None
