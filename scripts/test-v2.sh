@@ -18,6 +18,9 @@ script+='mkdir -p /dev/shm/vesseltest && export TMPDIR=/dev/shm/vesseltest; fail
 for b in $bins; do
   script+="echo \"== cgroup v2 guest: $(basename "$b")\"; $b --test-threads 2 || failed=1; "
 done
+# The guest's own leak check: no cgroup named *vessel* may be left behind.
+script+='leaks=$(find /sys/fs/cgroup -mindepth 1 -type d -name "*vessel*" 2>/dev/null); '
+script+='if [ -n "$leaks" ]; then echo "LEAK in the v2 guest: cgroups left behind:"; echo "$leaks"; failed=1; else echo "v2 guest leak check: clean"; fi; '
 script+='exit $failed'
 
 # vm-run shares its working directory read-write over 9p. The guest sees the host's / read-only
