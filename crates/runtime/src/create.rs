@@ -119,6 +119,8 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
             .as_ref()
             .and_then(|l| l.mount_label().as_deref()),
     )?;
+    // Detached mounts and a reaped helper: nothing to undo on the host if a later step fails.
+    let idmapped = crate::idmap::IdmappedMounts::prepare(&spec)?;
     // Only a pure v2 host can place the child with CLONE_INTO_CGROUP; v1 and hybrid hosts
     // need the parent to write the PID into every hierarchy.
     let into_cgroup = matches!(cgroup.layout(), vessel_cgroups::Layout::V2);
@@ -171,6 +173,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         console: console.as_ref().map(|c| c.as_raw_fd()),
         fifo: &fifo,
         prepared: &prepared,
+        idmapped: &idmapped,
         no_pivot: opts.no_pivot,
         no_new_keyring: opts.no_new_keyring,
         preserve_fds: opts.preserve_fds,
@@ -207,6 +210,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     drop(fifo);
     drop(v2_fd);
     drop(console);
+    drop(idmapped);
 
     let pid = if plan.slow {
         loop {

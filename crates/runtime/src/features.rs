@@ -16,13 +16,13 @@ pub fn features() -> Value {
         "ociVersionMax": "1.2.0",
         "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
         "mountOptions": [
-            "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "loud",
+            "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "idmap", "loud",
             "mand", "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime",
             "nostrictatime", "nosuid", "private", "ratime", "rbind", "rdev", "rdiratime",
             "relatime", "remount", "rexec", "rnoatime", "rnodev", "rnodiratime", "rnoexec",
-            "rnorelatime", "rnostrictatime", "rnosuid", "ro", "rprivate", "rrelatime", "rro",
+            "ridmap", "rnorelatime", "rnostrictatime", "rnosuid", "ro", "rprivate", "rrelatime", "rro",
             "rrw", "rshared", "rslave", "rstrictatime", "rsuid", "runbindable", "rw", "shared",
-            "silent", "slave", "strictatime", "suid", "sync", "unbindable"
+            "silent", "slave", "strictatime", "suid", "sync", "tmpcopyup", "unbindable"
         ],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],
@@ -32,7 +32,7 @@ pub fn features() -> Value {
             "apparmor": {"enabled": crate::lsm::apparmor_enabled()},
             "selinux": {"enabled": crate::lsm::selinux_enabled()},
             "intelRdt": {"enabled": false},
-            "mountExtensions": {"idmap": {"enabled": false}}
+            "mountExtensions": {"idmap": {"enabled": true}}
         },
         "annotations": {
             "org.opencontainers.runc.checkpoint.enabled": "false",

@@ -29,6 +29,8 @@ pub struct InitContext<'a> {
     pub console: Option<RawFd>,
     pub fifo: &'a OwnedFd,
     pub prepared: &'a Prepared,
+    /// Id-mapped bind mounts prepared by the parent, attached while building the rootfs.
+    pub idmapped: &'a crate::idmap::IdmappedMounts,
     pub no_pivot: bool,
     pub no_new_keyring: bool,
     pub preserve_fds: u32,
@@ -152,6 +154,7 @@ fn setup(ctx: &InitContext) -> Result<Infallible> {
         Some(mounts::prepare(&RootfsContext {
             spec,
             rootfs: ctx.rootfs,
+            idmapped: ctx.idmapped,
             in_userns,
             new_cgroupns: spec
                 .linux()

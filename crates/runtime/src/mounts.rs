@@ -17,7 +17,11 @@ use nix::unistd::{chdir, fchdir, fchownat, pivot_root, Gid, Uid};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
 
 use crate::error::{Context, Error, Result};
-use crate::sys::{fd_path, open_in_root};
+use crate::sys::{
+    fd_path, mount_setattr, open_in_root, MOUNT_ATTR_NOATIME, MOUNT_ATTR_NODEV,
+    MOUNT_ATTR_NODIRATIME, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
+    MOUNT_ATTR_RELATIME, MOUNT_ATTR_STRICTATIME, MOUNT_ATTR__ATIME,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -31,9 +35,19 @@ pub struct MountOptions {
     /// mount_setattr(2) attributes applied recursively ("rro", "rnosuid", ...).
     pub attr_set: u64,
     pub attr_clr: u64,
-    pub idmap: bool,
+    /// "idmap"/"ridmap": an id-mapped bind mount (recursive for "ridmap"); the mapped
+    /// mount itself is prepared by the parent, see [`crate::idmap`].
+    pub idmap: Option<IdmapDepth>,
     /// runc's "tmpcopyup": fill a new tmpfs with what the directory held before.
     pub copy_up: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdmapDepth {
+    /// "idmap": only the top mount of the bind is id-mapped.
+    Top,
+    /// "ridmap": every mount of a recursive bind is id-mapped.
+    Recursive,
 }
 
 pub fn propagation_flag(name: &str) -> Option<MsFlags> {
@@ -50,17 +64,6 @@ pub fn propagation_flag(name: &str) -> Option<MsFlags> {
     })
 }
 
-// mount_setattr(2) attribute bits (linux/mount.h).
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-const MOUNT_ATTR_NOEXEC: u64 = 0x8;
-const MOUNT_ATTR_RELATIME: u64 = 0x0;
-const MOUNT_ATTR_NOATIME: u64 = 0x10;
-const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
-const MOUNT_ATTR__ATIME: u64 = 0x70;
-const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
-
 impl MountOptions {
     pub fn parse(options: &[String]) -> std::result::Result<MountOptions, String> {
         let mut o = MountOptions {
@@ -69,7 +72,7 @@ impl MountOptions {
             data: Vec::new(),
             attr_set: 0,
             attr_clr: 0,
-            idmap: false,
+            idmap: None,
             copy_up: false,
         };
         for opt in options {
@@ -105,8 +108,12 @@ impl MountOptions {
                     o.copy_up = true;
                     continue;
                 }
-                "idmap" | "ridmap" => {
-                    o.idmap = true;
+                "idmap" => {
+                    o.idmap = Some(IdmapDepth::Top);
+                    continue;
+                }
+                "ridmap" => {
+                    o.idmap = Some(IdmapDepth::Recursive);
                     continue;
                 }
                 other => {
@@ -125,12 +132,6 @@ impl MountOptions {
             };
             o.flags.insert(set);
             o.flags.remove(clear);
-        }
-        if o.idmap {
-            return Err(
-                "\"idmap\": id-mapped mounts are not supported by this version of vessel-runtime"
-                    .into(),
-            );
         }
         Ok(o)
     }
@@ -160,37 +161,6 @@ fn recursive_attr(opt: &str) -> Option<(u64, u64)> {
         "rnostrictatime" => (0, MOUNT_ATTR_STRICTATIME),
         _ => return None,
     })
-}
-
-fn mount_setattr_recursive(fd: BorrowedFd, set: u64, clr: u64) -> std::io::Result<()> {
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    let attr = MountAttr {
-        attr_set: set,
-        attr_clr: clr,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    // SAFETY: valid pointers for the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -331,6 +301,7 @@ fn split(path: &Path) -> Result<(&Path, &OsStr)> {
 pub struct RootfsContext<'a> {
     pub spec: &'a Spec,
     pub rootfs: &'a Path,
+    pub idmapped: &'a crate::idmap::IdmappedMounts,
     /// Inside a new user namespace: mknod is not allowed, devices are bind-mounted instead.
     pub in_userns: bool,
     pub new_cgroupns: bool,
@@ -368,7 +339,7 @@ pub fn prepare(ctx: &RootfsContext) -> Result<OwnedFd> {
         if matches!(m.typ().as_deref(), Some("cgroup") | Some("cgroup2")) {
             (ctx.before_cgroup_mount)()?;
         }
-        mount_one(root.as_fd(), m, ctx).map_err(|e| {
+        mount_one(root.as_fd(), i, m, ctx).map_err(|e| {
             Error::Child(format!("mounts[{i}] ({}): {e}", m.destination().display()))
         })?;
         if m.destination() == Path::new("/dev") && is_bind(m) {
@@ -412,7 +383,7 @@ fn make_parent_private(rootfs: &Path) -> Result<()> {
     Ok(())
 }
 
-fn is_bind(m: &Mount) -> bool {
+pub fn is_bind(m: &Mount) -> bool {
     m.typ().as_deref() == Some("bind")
         || m.options()
             .iter()
@@ -420,7 +391,7 @@ fn is_bind(m: &Mount) -> bool {
             .any(|o| o == "bind" || o == "rbind")
 }
 
-fn mount_one(root: BorrowedFd, m: &Mount, ctx: &RootfsContext) -> Result<()> {
+fn mount_one(root: BorrowedFd, index: usize, m: &Mount, ctx: &RootfsContext) -> Result<()> {
     let opts = MountOptions::parse(m.options().as_deref().unwrap_or(&[])).map_err(Error::Config)?;
     let typ = m.typ().as_deref().unwrap_or("");
     let dest = m.destination();
@@ -442,14 +413,24 @@ fn mount_one(root: BorrowedFd, m: &Mount, ctx: &RootfsContext) -> Result<()> {
     };
     let target_path = fd_path(target.as_fd());
     if bind {
-        mount(
-            Some(&source),
-            target_path.as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC),
-            None::<&str>,
-        )
-        .ctx(|| format!("bind {} to {}", source.display(), dest.display()))?;
+        if let Some(tree) = ctx.idmapped.get(index) {
+            crate::sys::move_mount(tree, target.as_fd()).ctx(|| {
+                format!(
+                    "attach the id-mapped mount of {} at {}",
+                    source.display(),
+                    dest.display()
+                )
+            })?;
+        } else {
+            mount(
+                Some(&source),
+                target_path.as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC),
+                None::<&str>,
+            )
+            .ctx(|| format!("bind {} to {}", source.display(), dest.display()))?;
+        }
         let extra = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !extra.is_empty() {
             // Re-resolve: the old descriptor points at the directory under the new mount.
@@ -530,7 +511,7 @@ fn mount_one(root: BorrowedFd, m: &Mount, ctx: &RootfsContext) -> Result<()> {
             .ctx(|| format!("set propagation of {}", dest.display()))?;
         }
         if opts.attr_set != 0 || opts.attr_clr != 0 {
-            mount_setattr_recursive(mounted.as_fd(), opts.attr_set, opts.attr_clr)
+            mount_setattr(mounted.as_fd(), true, opts.attr_set, opts.attr_clr, None)
                 .ctx(|| format!("set recursive attributes on {}", dest.display()))?;
         }
     }
@@ -1165,14 +1146,17 @@ mod tests {
         assert!(!o.flags.contains(MsFlags::MS_RDONLY));
         assert!(o.flags.contains(MsFlags::MS_BIND | MsFlags::MS_REC));
         let o = opts(&["rro", "rnosuid"]);
-        assert_eq!(o.attr_set, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID);
+        assert_eq!(
+            o.attr_set,
+            crate::sys::MOUNT_ATTR_RDONLY | crate::sys::MOUNT_ATTR_NOSUID
+        );
     }
 
     #[test]
-    fn rejects_empty_and_idmap() {
+    fn rejects_empty_and_reads_idmap_depth() {
         assert!(MountOptions::parse(&["".into()]).is_err());
-        assert!(MountOptions::parse(&["idmap".into()])
-            .unwrap_err()
-            .contains("idmap"));
+        assert_eq!(opts(&["rbind", "idmap"]).idmap, Some(IdmapDepth::Top));
+        assert_eq!(opts(&["ridmap"]).idmap, Some(IdmapDepth::Recursive));
+        assert_eq!(opts(&["bind"]).idmap, None);
     }
 }

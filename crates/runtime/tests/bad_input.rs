@@ -214,3 +214,41 @@ fn systemd_cgroup_without_systemd() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("systemd"), "{}", stderr(&o));
 }
+
+#[test]
+fn idmap_requests_that_cannot_be_met() {
+    let maps = json!([{"containerID": 0, "hostID": 1000, "size": 10}]);
+    // "idmap" asks for the container's mappings; this container has no user namespace.
+    expect_failure(
+        |c, env| {
+            c["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"destination": "/data", "type": "bind",
+                "source": env.bundle.to_str().unwrap(), "options": ["bind", "idmap"]}))
+        },
+        &["mounts[7]", "idmap", "linux.uidMappings"],
+    );
+    // Only bind mounts can be id-mapped.
+    expect_failure(
+        |c, _| {
+            c["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"destination": "/data", "type": "tmpfs",
+                "source": "tmpfs", "uidMappings": maps, "gidMappings": maps}))
+        },
+        &["mounts[7]", "bind mounts only", "tmpfs"],
+    );
+    // uid and gid mappings come as a pair.
+    expect_failure(
+        |c, env| {
+            c["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"destination": "/data", "type": "bind",
+                "source": env.bundle.to_str().unwrap(), "options": ["bind"], "uidMappings": maps}))
+        },
+        &["mounts[7]", "uidMappings and gidMappings"],
+    );
+}

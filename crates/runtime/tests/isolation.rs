@@ -336,3 +336,138 @@ fn joins_namespaces_by_path_including_pid_and_user() {
     assert_eq!(l.next(), Some(owner_net.to_str().unwrap()));
     assert_gone(&env, &joiner, &cg2);
 }
+
+/// A tmpfs the test mounts on the host, unmounted however the test ends.
+struct HostTmpfs(std::path::PathBuf);
+
+impl HostTmpfs {
+    fn mount(at: &std::path::Path) -> HostTmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "vesseltest-idmap"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount a tmpfs on {}", at.display());
+        HostTmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for HostTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn chown(path: &std::path::Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+}
+
+/// Files owned by host ids 0 and 1000 seen through plain and id-mapped binds from a container
+/// whose user namespace maps 0-65535 to 100000-165535: only the id-mapped view shows them as
+/// their owners; "ridmap" maps the submounts of an rbind too, "idmap" only the top mount.
+#[test]
+fn idmapped_mounts_inside_a_user_namespace() {
+    let env = TestEnv::new();
+    let src = env.tmp.path().join("idmap-src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("root-file"), "r").unwrap();
+    std::fs::write(src.join("user-file"), "u").unwrap();
+    chown(&src.join("user-file"), 1000, 1000);
+    let sub = HostTmpfs::mount(&src.join("sub"));
+    std::fs::write(sub.0.join("in-sub"), "s").unwrap();
+    chown(&sub.0.join("in-sub"), 1000, 1000);
+
+    let id = unique("idmap");
+    let cg = unique("cg");
+    let mut cfg = busybox_config(
+        &[
+            "sh",
+            "-c",
+            "for f in /plain/root-file /plain/user-file /mapped/root-file /mapped/user-file \
+             /top/sub/in-sub /rec/sub/in-sub; do stat -c \"$f %u:%g\" $f; done; \
+             touch /mapped/made-inside && echo CREATED",
+        ],
+        &cg,
+    );
+    cfg["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    let maps = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    cfg["linux"]["uidMappings"] = maps.clone();
+    cfg["linux"]["gidMappings"] = maps.clone();
+    // The rootfs belongs to host root, which this user namespace does not map: the mount
+    // points must exist already.
+    for dir in ["plain", "mapped", "top", "rec"] {
+        std::fs::create_dir_all(env.bundle.join("rootfs").join(dir)).unwrap();
+    }
+    let src_s = src.to_str().unwrap();
+    let mounts = cfg["mounts"].as_array_mut().unwrap();
+    // rbind: inside a user namespace the kernel refuses a plain bind that would uncover
+    // what the (locked) submount hides.
+    mounts.push(
+        json!({"destination": "/plain", "type": "bind", "source": src_s,
+                       "options": ["rbind"]}),
+    );
+    mounts.push(
+        json!({"destination": "/mapped", "type": "bind", "source": src_s,
+                       "options": ["bind"], "uidMappings": maps, "gidMappings": maps}),
+    );
+    // "idmap" without mappings of its own: the container's mappings.
+    mounts.push(
+        json!({"destination": "/top", "type": "bind", "source": src_s,
+                       "options": ["rbind", "idmap"]}),
+    );
+    mounts.push(
+        json!({"destination": "/rec", "type": "bind", "source": src_s,
+                       "options": ["rbind", "ridmap"]}),
+    );
+    env.write_config(&cfg);
+    let (code, out, err) = run_container(&env, &id);
+    assert_gone(&env, &id, &cg);
+    assert_eq!(code, 0, "{err}");
+    let owner = |path: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{path} ")))
+            .unwrap_or_else(|| panic!("{path} missing in {out}"))
+            .to_string()
+    };
+    assert_eq!(owner("/plain/root-file"), "65534:65534");
+    assert_eq!(owner("/plain/user-file"), "65534:65534");
+    assert_eq!(owner("/mapped/root-file"), "0:0");
+    assert_eq!(owner("/mapped/user-file"), "1000:1000");
+    assert_eq!(owner("/top/sub/in-sub"), "65534:65534");
+    assert_eq!(owner("/rec/sub/in-sub"), "1000:1000");
+    // Container root writes through the mapping as host root.
+    assert!(out.contains("CREATED"), "{out}");
+    let made = std::fs::metadata(src.join("made-inside")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((made.uid(), made.gid()), (0, 0));
+    drop(sub);
+}
+
+/// Without a user namespace the mapping alone decides what the container sees.
+#[test]
+fn idmapped_mount_without_a_user_namespace() {
+    let env = TestEnv::new();
+    let src = env.tmp.path().join("idmap-src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), "x").unwrap();
+    let id = unique("idmap");
+    let cg = unique("cg");
+    let mut cfg = busybox_config(&["stat", "-c", "%u:%g", "/m/f"], &cg);
+    let maps = json!([{"containerID": 0, "hostID": 4242, "size": 1}]);
+    cfg["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/m", "type": "bind", "source": src.to_str().unwrap(),
+        "options": ["bind", "ro"], "uidMappings": maps, "gidMappings": maps}));
+    env.write_config(&cfg);
+    let (code, out, err) = run_container(&env, &id);
+    assert_gone(&env, &id, &cg);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "4242:4242");
+}

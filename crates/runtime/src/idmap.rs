@@ -1,0 +1,205 @@
+//! Id-mapped bind mounts: a mount's `uidMappings`/`gidMappings`, or the "idmap"/"ridmap"
+//! options with the container's own mappings.
+//!
+//! The runtime prepares them in the host's namespaces before the container process is cloned,
+//! because only there may it create a user namespace with arbitrary mappings: a short-lived
+//! helper process gets a new user namespace, the runtime writes its maps, keeps a descriptor
+//! of the namespace and reaps the helper. Each source is then cloned as a detached mount
+//! (`open_tree`), marked id-mapped with that namespace (`mount_setattr(MOUNT_ATTR_IDMAP)`,
+//! which the kernel allows only on a detached mount) and handed to the container's init as a
+//! descriptor it inherits; the init attaches it at the destination it resolved inside the
+//! rootfs (`move_mount`).
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxIdMapping, Spec};
+
+use crate::error::{Context, Error, Result};
+use crate::mounts::{is_bind, IdmapDepth, MountOptions};
+use crate::sys::{self, Forked, MOUNT_ATTR_IDMAP};
+
+/// The id-mapped mounts of one container, by their index in `mounts`.
+#[derive(Default)]
+pub struct IdmappedMounts {
+    by_index: HashMap<usize, OwnedFd>,
+}
+
+/// What one mount asks for, checked before anything touches the host.
+struct Request<'a> {
+    index: usize,
+    source: &'a Path,
+    uid: &'a [LinuxIdMapping],
+    gid: &'a [LinuxIdMapping],
+    depth: IdmapDepth,
+    recursive_bind: bool,
+}
+
+impl IdmappedMounts {
+    /// Check every mount that asks for an id mapping and prepare the detached, id-mapped
+    /// mounts. A spec without such mounts costs one pass over `mounts`.
+    pub fn prepare(spec: &Spec) -> Result<IdmappedMounts> {
+        let requests = requests(spec)?;
+        let mut prepared = IdmappedMounts::default();
+        if requests.is_empty() {
+            return Ok(prepared);
+        }
+        // One user namespace per distinct set of mappings.
+        let mut namespaces: HashMap<String, OwnedFd> = HashMap::new();
+        for r in requests {
+            let key = format!("{}|{}", map_text(r.uid), map_text(r.gid));
+            if !namespaces.contains_key(&key) {
+                let ns = userns_with_maps(r.index, r.uid, r.gid)?;
+                namespaces.insert(key.clone(), ns);
+            }
+            let userns = namespaces[&key].as_fd();
+            let tree = sys::open_tree_clone(r.source, r.recursive_bind).ctx(|| {
+                format!(
+                    "mounts[{}]: clone the bind source {} for an id-mapped mount",
+                    r.index,
+                    r.source.display()
+                )
+            })?;
+            sys::mount_setattr(
+                tree.as_fd(),
+                r.depth == IdmapDepth::Recursive,
+                MOUNT_ATTR_IDMAP,
+                0,
+                Some(userns),
+            )
+            .ctx(|| {
+                format!(
+                    "mounts[{}]: make {} an id-mapped mount (the filesystem must support \
+                     id-mapped mounts)",
+                    r.index,
+                    r.source.display()
+                )
+            })?;
+            prepared.by_index.insert(r.index, tree);
+        }
+        Ok(prepared)
+    }
+
+    /// The prepared mount for `mounts[index]`, if that mount is id-mapped.
+    pub fn get(&self, index: usize) -> Option<BorrowedFd<'_>> {
+        self.by_index.get(&index).map(|fd| fd.as_fd())
+    }
+}
+
+fn requests(spec: &Spec) -> Result<Vec<Request<'_>>> {
+    let linux = spec.linux().as_ref();
+    let container_uid = linux
+        .and_then(|l| l.uid_mappings().as_deref())
+        .unwrap_or(&[]);
+    let container_gid = linux
+        .and_then(|l| l.gid_mappings().as_deref())
+        .unwrap_or(&[]);
+    let mut out = Vec::new();
+    for (index, m) in spec.mounts().iter().flatten().enumerate() {
+        let uid = m.uid_mappings().as_deref().unwrap_or(&[]);
+        let gid = m.gid_mappings().as_deref().unwrap_or(&[]);
+        let opts = MountOptions::parse(m.options().as_deref().unwrap_or(&[]))
+            .map_err(|e| Error::config(format!("mounts[{index}].options: {e}")))?;
+        if uid.is_empty() && gid.is_empty() && opts.idmap.is_none() {
+            continue;
+        }
+        let at = || format!("mounts[{index}] ({})", m.destination().display());
+        if !is_bind(m) {
+            return Err(Error::config(format!(
+                "{}: id-mapped mounts (uidMappings, gidMappings, \"idmap\", \"ridmap\") are \
+                 supported for bind mounts only, not type {:?}",
+                at(),
+                m.typ().as_deref().unwrap_or("")
+            )));
+        }
+        let (uid, gid) = match (uid.is_empty(), gid.is_empty()) {
+            (false, false) => (uid, gid),
+            (true, true) => {
+                // "idmap" alone: the container's own user namespace mappings.
+                if container_uid.is_empty() || container_gid.is_empty() {
+                    return Err(Error::config(format!(
+                        "{}: \"idmap\" without uidMappings/gidMappings uses the container's \
+                         user namespace mappings, but linux.uidMappings/gidMappings are not set",
+                        at()
+                    )));
+                }
+                (container_uid, container_gid)
+            }
+            _ => {
+                return Err(Error::config(format!(
+                    "{}: uidMappings and gidMappings must be given together",
+                    at()
+                )))
+            }
+        };
+        for (field, maps) in [("uidMappings", uid), ("gidMappings", gid)] {
+            if maps.len() > 340 || maps.iter().any(|m| m.size() == 0) {
+                return Err(Error::config(format!(
+                    "{}.{field}: {} is not a valid mapping (sizes must be non-zero)",
+                    at(),
+                    map_text(maps).trim().replace('\n', "; ")
+                )));
+            }
+        }
+        let source = m
+            .source()
+            .as_deref()
+            .ok_or_else(|| Error::config(format!("{}: a bind mount needs a source", at())))?;
+        out.push(Request {
+            index,
+            source,
+            uid,
+            gid,
+            depth: opts.idmap.unwrap_or(IdmapDepth::Top),
+            recursive_bind: opts.flags.contains(nix::mount::MsFlags::MS_REC),
+        });
+    }
+    Ok(out)
+}
+
+fn map_text(maps: &[LinuxIdMapping]) -> String {
+    maps.iter()
+        .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+        .collect()
+}
+
+/// A user namespace with exactly these mappings, held by a descriptor. A helper process
+/// creates it and waits to be killed; the namespace outlives it through the descriptor.
+fn userns_with_maps(
+    index: usize,
+    uid: &[LinuxIdMapping],
+    gid: &[LinuxIdMapping],
+) -> Result<OwnedFd> {
+    // SAFETY: vessel-runtime is single-threaded here; the child only pauses until killed.
+    let forked = unsafe { sys::clone3(CloneFlags::CLONE_NEWUSER, 0, None) }
+        .ctx(|| format!("mounts[{index}]: create a user namespace for an id-mapped mount"))?;
+    let pid = match forked {
+        Forked::Child => loop {
+            // SAFETY: async-signal-safe; the parent ends us with SIGKILL.
+            unsafe { libc::pause() };
+        },
+        Forked::Parent(pid) => pid,
+    };
+    let result = (|| -> Result<OwnedFd> {
+        for (file, maps) in [("gid_map", gid), ("uid_map", uid)] {
+            let text = map_text(maps);
+            std::fs::write(format!("/proc/{pid}/{file}"), text.as_bytes()).ctx(|| {
+                format!(
+                    "mounts[{index}]: write the id-mapped mount's {file}: {}",
+                    text.trim().replace('\n', "; ")
+                )
+            })?;
+        }
+        Ok(std::fs::File::open(format!("/proc/{pid}/ns/user"))
+            .ctx(|| format!("mounts[{index}]: open the id-mapped mount's user namespace"))?
+            .into())
+    })();
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    let _ = waitpid(Pid::from_raw(pid), None);
+    result
+}
