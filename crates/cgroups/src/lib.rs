@@ -12,6 +12,7 @@
 mod devices;
 mod fs;
 mod layout;
+mod oom;
 mod resources;
 mod stats;
 
@@ -19,6 +20,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 pub use layout::Layout;
+pub use oom::OomWatch;
 pub use stats::Stats;
 
 use layout::Mounts;

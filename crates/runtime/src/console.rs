@@ -4,10 +4,32 @@
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
 use crate::error::{Context, Error, Result};
+
+/// Where the pty master of a process with a terminal goes.
+#[derive(Debug)]
+pub enum ConsoleSocket {
+    /// `--console-socket PATH`: a listener of the caller (conmon, containerd-shim, ...).
+    Path(PathBuf),
+    /// One end of a socket pair the runtime keeps itself, to relay the terminal to its own
+    /// stdio (foreground `run`/`exec` without --console-socket, see [`crate::tty_relay`]).
+    Connected(UnixStream),
+}
+
+impl ConsoleSocket {
+    pub fn connect(&self) -> Result<UnixStream> {
+        match self {
+            ConsoleSocket::Path(p) => UnixStream::connect(p)
+                .ctx(|| format!("connect to --console-socket {}", p.display())),
+            ConsoleSocket::Connected(s) => s.try_clone().ctx(|| "dup the console socket"),
+        }
+    }
+}
 
 /// Open a new pty pair in the current mount namespace's /dev/ptmx; returns (master, slave).
 pub fn open_pty(size: Option<&oci_spec::runtime::Box>) -> Result<(OwnedFd, OwnedFd)> {

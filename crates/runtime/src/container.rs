@@ -298,6 +298,8 @@ pub fn pids(root: &Path, id: &str) -> Result<Vec<i32>> {
     Ok(CgroupManager::new(&st.cgroups_path)?.pids()?)
 }
 
+/// Apply new limits and record them in the saved config.json, so the container's config
+/// says what its cgroup enforces (runc keeps them in its state the same way).
 pub fn update(root: &Path, id: &str, resources: &LinuxResources) -> Result<()> {
     let dir = StateDir::open(root, id, true)?;
     let st = dir.load()?;
@@ -307,7 +309,86 @@ pub fn update(root: &Path, id: &str, resources: &LinuxResources) -> Result<()> {
     }
     let cg = CgroupManager::new(&st.cgroups_path)?;
     CgroupManager::validate(resources, cg.layout())?;
-    Ok(cg.apply(resources)?)
+    cg.apply(resources)?;
+    dir.merge_resources(resources)
+}
+
+/// What `events` reports.
+pub enum Event {
+    Stats(Box<vessel_cgroups::Stats>),
+    Oom,
+}
+
+/// runc's `events`: a stats event every `interval` and an OOM event whenever the kernel's
+/// OOM killer acts in the container's cgroup, until the container's init exits.
+pub fn events(
+    root: &Path,
+    id: &str,
+    interval: std::time::Duration,
+    emit: &mut dyn FnMut(Event) -> Result<()>,
+) -> Result<()> {
+    let st = {
+        // Not held while streaming: `delete` must still be able to take the lock.
+        let dir = StateDir::open(root, id, false)?;
+        let st = dir.load()?;
+        let status = dir.status(&st);
+        if status == Status::Stopped {
+            return Err(wrong(id, status, "a stopped container has no events"));
+        }
+        st
+    };
+    let pidfd = sys::pidfd_open(st.pid).ctx(|| format!("open pid {}", st.pid))?;
+    if sys::process_start_time(st.pid) != Some(st.pid_start) {
+        return Ok(());
+    }
+    let cg = CgroupManager::new(&st.cgroups_path)?;
+    // Without a memory controller there are no OOM events to watch, only stats.
+    let mut oom = cg.oom_watch().ok();
+    let mut next_stats = std::time::Instant::now() + interval;
+    loop {
+        let wait = next_stats.saturating_duration_since(std::time::Instant::now());
+        let mut fds = vec![libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if let Some(w) = &oom {
+            fds.push(libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&w.fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let timeout = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: a valid array of pollfds.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if r < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err).ctx(|| "wait for container events");
+        }
+        // OOM first: the kill that ends the container is worth reporting.
+        if let (Some(w), Some(p)) = (oom.as_mut(), fds.get(1)) {
+            if p.revents != 0 {
+                for _ in 0..w.take()? {
+                    emit(Event::Oom)?;
+                }
+            }
+        }
+        if fds[0].revents != 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= next_stats {
+            match cg.stats() {
+                Ok(s) => emit(Event::Stats(Box::new(s)))?,
+                // The cgroup went away with the container.
+                Err(_) => return Ok(()),
+            }
+            next_stats += interval;
+        }
+    }
 }
 
 pub fn stats(root: &Path, id: &str) -> Result<(Status, vessel_cgroups::Stats)> {

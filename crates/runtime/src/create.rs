@@ -4,7 +4,6 @@
 //! On any failure everything done so far is undone: no state dir, cgroup or process remains.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use nix::sys::signal::{kill, Signal};
@@ -23,12 +22,12 @@ use crate::spec::{self, Bundle};
 use crate::state::{now_rfc3339, State, StateDir};
 use crate::sys::{self, Forked};
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct CreateOptions {
     pub root: PathBuf,
     pub id: String,
     pub bundle: PathBuf,
-    pub console_socket: Option<PathBuf>,
+    pub console_socket: Option<crate::console::ConsoleSocket>,
     pub pid_file: Option<PathBuf>,
     pub no_pivot: bool,
     pub no_new_keyring: bool,
@@ -39,6 +38,8 @@ pub struct Created {
     pub pid: i32,
     pub state: State,
     pub dir: StateDir,
+    /// process.terminal: the pty master went to the console socket.
+    pub terminal: bool,
 }
 
 /// Undo list for a create that fails part way.
@@ -91,7 +92,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     let terminal = process.terminal().unwrap_or(false);
     if terminal && opts.console_socket.is_none() {
         return Err(Error::Usage(
-            "process.terminal is true: --console-socket is required to hand over the terminal"
+            "process.terminal is true: a detached container needs --console-socket to hand the terminal to (in the foreground, run and exec relay it themselves)"
                 .into(),
         ));
     }
@@ -126,10 +127,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     let into_cgroup = matches!(cgroup.layout(), vessel_cgroups::Layout::V2);
     let plan = NsPlan::new(&spec, into_cgroup)?;
     let console = match &opts.console_socket {
-        Some(p) => Some(
-            UnixStream::connect(p)
-                .ctx(|| format!("connect to --console-socket {}", p.display()))?,
-        ),
+        Some(c) => Some(c.connect()?),
         None => None,
     };
 
@@ -337,7 +335,12 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     undo.pid = None;
     undo.cgroup = None;
     let dir = undo.dir.take().expect("set above");
-    Ok(Created { pid, state, dir })
+    Ok(Created {
+        pid,
+        state,
+        dir,
+        terminal,
+    })
 }
 
 /// Written atomically: callers (conmon, containerd) poll for it.

@@ -4,7 +4,6 @@
 //! container's pid and time namespaces.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use nix::sched::{setns, CloneFlags};
@@ -27,7 +26,7 @@ pub struct ExecOptions {
     pub root: PathBuf,
     pub id: String,
     pub process: Process,
-    pub console_socket: Option<PathBuf>,
+    pub console_socket: Option<crate::console::ConsoleSocket>,
     pub pid_file: Option<PathBuf>,
     pub detach: bool,
     pub preserve_fds: u32,
@@ -51,7 +50,7 @@ pub fn exec(opts: &ExecOptions) -> Result<i32> {
     let terminal = process.terminal().unwrap_or(false);
     if terminal && opts.console_socket.is_none() {
         return Err(Error::Usage(
-            "process.terminal is true: --console-socket is required to hand over the terminal"
+            "process.terminal is true: a detached container needs --console-socket to hand the terminal to (in the foreground, run and exec relay it themselves)"
                 .into(),
         ));
     }
@@ -112,10 +111,7 @@ pub fn exec(opts: &ExecOptions) -> Result<i32> {
         None
     };
     let console_sock = match &opts.console_socket {
-        Some(p) => Some(
-            UnixStream::connect(p)
-                .ctx(|| format!("connect to --console-socket {}", p.display()))?,
-        ),
+        Some(c) => Some(c.connect()?),
         None => None,
     };
     let (parent_end, child_end) = channel::pair()?;

@@ -23,5 +23,6 @@ pub mod spec;
 pub mod state;
 pub mod sys;
 pub mod template;
+pub mod tty_relay;
 
 pub use error::{Error, Result};

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use vessel_runtime::console::ConsoleSocket;
 use vessel_runtime::container;
 use vessel_runtime::create::{create, CreateOptions};
 use vessel_runtime::exec::{exec, process_from_args, ExecArgs, ExecOptions};
+use vessel_runtime::tty_relay::TtyRelay;
 
 #[derive(Parser)]
 #[command(
@@ -441,6 +443,14 @@ fn run(cli: Cli) -> Result<i32> {
             if let Some(l) = process_label {
                 proc.set_selinux_label(Some(l));
             }
+            let mut console_socket = console_socket.map(ConsoleSocket::Path);
+            let relay = if console_socket.is_none() && !detach && proc.terminal().unwrap_or(false) {
+                let (relay, socket) = TtyRelay::new()?;
+                console_socket = Some(socket);
+                Some(relay)
+            } else {
+                None
+            };
             let pid = exec(&ExecOptions {
                 root: root.clone(),
                 id,
@@ -453,7 +463,12 @@ fn run(cli: Cli) -> Result<i32> {
             if detach {
                 return Ok(0);
             }
-            Ok(wait_forwarding_signals(pid))
+            let relaying = relay.map(TtyRelay::start).transpose()?;
+            let code = wait_forwarding_signals(pid);
+            if let Some(r) = relaying {
+                r.finish();
+            }
+            Ok(code)
         }
         Command::Pause { id } => {
             container::pause(&root, &id)?;
@@ -469,27 +484,28 @@ fn run(cli: Cli) -> Result<i32> {
             id,
         } => {
             let every = parse_duration(&interval)?;
-            loop {
-                match container::stats(&root, &id) {
-                    Ok((_, s)) => {
-                        println!(
-                            "{}",
-                            serde_json::json!({"type": "stats", "id": id, "data": s})
-                        );
-                        std::io::stdout().flush()?;
-                    }
-                    Err(e) if !stats => {
-                        // The container went away: the event stream ends.
-                        let _ = e;
-                        return Ok(0);
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                if stats {
-                    return Ok(0);
-                }
-                std::thread::sleep(every);
+            if stats {
+                let (_, s) = container::stats(&root, &id)?;
+                println!(
+                    "{}",
+                    serde_json::json!({"type": "stats", "id": id, "data": s})
+                );
+                return Ok(0);
             }
+            container::events(&root, &id, every, &mut |event| {
+                use vessel_runtime::error::Context as _;
+                let line = match event {
+                    container::Event::Stats(s) => {
+                        serde_json::json!({"type": "stats", "id": id, "data": s})
+                    }
+                    container::Event::Oom => serde_json::json!({"type": "oom", "id": id}),
+                };
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{line}")
+                    .and_then(|()| out.flush())
+                    .ctx(|| "write an event to stdout")
+            })?;
+            Ok(0)
         }
         Command::Update(a) => {
             let res = update_resources(&a)?;
@@ -521,7 +537,7 @@ fn create_options(root: &Path, a: CreateArgs) -> CreateOptions {
         root: root.to_path_buf(),
         id: a.id,
         bundle: a.bundle,
-        console_socket: a.console_socket,
+        console_socket: a.console_socket.map(ConsoleSocket::Path),
         pid_file: a.pid_file,
         no_pivot: a.no_pivot,
         no_new_keyring: a.no_new_keyring,
@@ -531,8 +547,18 @@ fn create_options(root: &Path, a: CreateArgs) -> CreateOptions {
 
 fn run_container(root: &Path, a: CreateArgs, detach: bool, keep: bool) -> Result<i32> {
     let id = a.id.clone();
-    let created = create(&create_options(root, a))?;
+    let mut opts = create_options(root, a);
+    // In the foreground without --console-socket, a terminal is relayed to our own stdio.
+    let relay = if opts.console_socket.is_none() && !detach {
+        let (relay, socket) = TtyRelay::new()?;
+        opts.console_socket = Some(socket);
+        Some(relay)
+    } else {
+        None
+    };
+    let created = create(&opts)?;
     let pid = created.pid;
+    let relay = relay.filter(|_| created.terminal);
     drop(created.dir);
     if let Err(e) = container::start(root, &id) {
         let _ = container::delete(root, &id, true);
@@ -541,7 +567,11 @@ fn run_container(root: &Path, a: CreateArgs, detach: bool, keep: bool) -> Result
     if detach {
         return Ok(0);
     }
+    let relaying = relay.map(TtyRelay::start).transpose()?;
     let code = wait_forwarding_signals(pid);
+    if let Some(r) = relaying {
+        r.finish();
+    }
     if !keep {
         container::delete(root, &id, true)?;
     }
@@ -551,6 +581,10 @@ fn run_container(root: &Path, a: CreateArgs, detach: bool, keep: bool) -> Result
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn forward(sig: libc::c_int) {
+    // With a relayed terminal, a window change resizes the pty (which signals the container).
+    if sig == libc::SIGWINCH && vessel_runtime::tty_relay::resize_on_sigwinch() {
+        return;
+    }
     let pid = FORWARD_TO.load(Ordering::Relaxed);
     if pid > 0 {
         // SAFETY: kill is async-signal-safe.

@@ -153,6 +153,25 @@ impl StateDir {
         fs::write(self.dir.join(CONFIG_FILE), raw).ctx(|| "copy config.json into the state dir")
     }
 
+    /// Merge `resources` into linux.resources of the saved config.json: fields that are set
+    /// replace the old values, the rest stay.
+    pub fn merge_resources(&self, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        let path = self.dir.join(CONFIG_FILE);
+        let raw = fs::read(&path).ctx(|| format!("read {}", path.display()))?;
+        let mut config: serde_json::Value = serde_json::from_slice(&raw)
+            .map_err(|e| Error::config(format!("{}: corrupt config: {e}", path.display())))?;
+        let new = serde_json::to_value(resources).map_err(|e| Error::config(e.to_string()))?;
+        let linux = &mut config["linux"];
+        if !linux.is_object() {
+            *linux = serde_json::json!({});
+        }
+        merge_json(&mut linux["resources"], new);
+        let data = serde_json::to_vec(&config).map_err(|e| Error::config(e.to_string()))?;
+        let tmp = self.dir.join(".config.json.tmp");
+        fs::write(&tmp, data).ctx(|| format!("write {}", tmp.display()))?;
+        fs::rename(&tmp, &path).ctx(|| format!("replace {}", path.display()))
+    }
+
     pub fn config(&self) -> Result<oci_spec::runtime::Spec> {
         let raw = fs::read(self.dir.join(CONFIG_FILE)).ctx(|| "read the saved config.json")?;
         crate::spec::parse_spec(&raw, "saved config.json")
@@ -192,6 +211,23 @@ impl StateDir {
 
     pub fn remove(self) -> Result<()> {
         fs::remove_dir_all(&self.dir).ctx(|| format!("remove {}", self.dir.display()))
+    }
+}
+
+/// Objects merge key by key; anything else (numbers, strings, arrays) replaces; nulls are
+/// "not given" and change nothing.
+fn merge_json(into: &mut serde_json::Value, from: serde_json::Value) {
+    match from {
+        serde_json::Value::Null => {}
+        serde_json::Value::Object(map) => {
+            if !into.is_object() {
+                *into = serde_json::json!({});
+            }
+            for (k, v) in map {
+                merge_json(&mut into[&k], v);
+            }
+        }
+        other => *into = other,
     }
 }
 

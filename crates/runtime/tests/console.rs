@@ -91,3 +91,73 @@ fn terminal_without_console_socket_is_refused() {
     assert!(stderr(&o).contains("--console-socket"), "{}", stderr(&o));
     assert_gone(&env, &id, &cg);
 }
+
+/// Foreground `run` and `exec` with a terminal and no --console-socket relay the pty to
+/// their own stdio, as runc does: input reaches the process through its terminal, output
+/// comes back, and end of input reads as end-of-file at the terminal.
+#[test]
+fn foreground_run_and_exec_relay_the_terminal() {
+    let env = TestEnv::new();
+    let id = unique("tty");
+    let cg = unique("cg");
+    let mut cfg = busybox_config(
+        &[
+            "sh",
+            "-c",
+            "tty; read line; echo got:$line; read more || echo EOF",
+        ],
+        &cg,
+    );
+    cfg["process"]["terminal"] = serde_json::json!(true);
+    env.write_config(&cfg);
+    let input = env.tmp.path().join("input");
+    std::fs::write(&input, "hello\n").unwrap();
+    let mut cmd = rt(&env);
+    cmd.args(["run", "--bundle", env.bundle.to_str().unwrap(), &id]);
+    let o = vessel_testkit::run_via_files_with_input(
+        &mut cmd,
+        env.tmp.path(),
+        std::fs::File::open(&input).unwrap().into(),
+    );
+    let out = stdout(&o).replace('\r', "");
+    assert_eq!(o.status.code(), Some(0), "{out} {}", stderr(&o));
+    assert!(out.contains("/dev/pts/0"), "{out}");
+    assert!(out.contains("got:hello"), "{out}");
+    assert!(out.contains("EOF"), "{out}");
+    assert_gone(&env, &id, &cg);
+
+    // exec -t into a running container.
+    env.write_config(&busybox_config(&["sleep", "1000"], &cg));
+    let _guard = Cleanup {
+        env: &env,
+        id: id.clone(),
+    };
+    let o = rt_out(
+        &env,
+        &["run", "-d", "--bundle", env.bundle.to_str().unwrap(), &id],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut cmd = rt(&env);
+    cmd.args([
+        "exec",
+        "-t",
+        &id,
+        "sh",
+        "-c",
+        "tty; read l; echo exec-got:$l; exit 7",
+    ]);
+    let o = vessel_testkit::run_via_files_with_input(
+        &mut cmd,
+        env.tmp.path(),
+        std::fs::File::open(&input).unwrap().into(),
+    );
+    let out = stdout(&o).replace('\r', "");
+    assert_eq!(o.status.code(), Some(7), "{out} {}", stderr(&o));
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("exec-got:hello"), "{out}");
+
+    // Detached, there is nobody to relay to.
+    let o = rt_out(&env, &["exec", "-d", "-t", &id, "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--console-socket"), "{}", stderr(&o));
+}

@@ -185,13 +185,22 @@ pub fn stderr(o: &Output) -> String {
 /// Like [`run`], but stdout/stderr go through temp files in `dir` rather than pipes, so a
 /// process that hands its stdio to a longer-lived child (a container init) still returns.
 pub fn run_via_files(cmd: &mut Command, dir: &Path) -> Output {
+    run_via_files_with_input(cmd, dir, std::process::Stdio::null())
+}
+
+/// [`run_via_files`] with `stdin` as the command's standard input.
+pub fn run_via_files_with_input(
+    cmd: &mut Command,
+    dir: &Path,
+    stdin: std::process::Stdio,
+) -> Output {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let out_path = dir.join(format!(".out-{n}"));
     let err_path = dir.join(format!(".err-{n}"));
     let out = std::fs::File::create(&out_path).expect("create stdout file");
     let err = std::fs::File::create(&err_path).expect("create stderr file");
     let status = cmd
-        .stdin(std::process::Stdio::null())
+        .stdin(stdin)
         .stdout(out)
         .stderr(err)
         .status()
