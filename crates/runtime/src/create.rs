@@ -73,6 +73,46 @@ pub fn cgroups_path(spec: &Spec, id: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(format!("/{id}")))
 }
 
+/// Create the container's cgroup. Rootless (not root on the host), a cgroup the user may not
+/// create is skipped as runc does — unless linux.resources asks for a limit, which would then
+/// silently not be enforced. Returns whether the container has a cgroup.
+fn create_cgroup(
+    cgroup: &CgroupManager,
+    resources: Option<&oci_spec::runtime::LinuxResources>,
+) -> Result<bool> {
+    let err = match cgroup.create() {
+        Ok(()) => return Ok(true),
+        Err(e) => e,
+    };
+    let denied = matches!(&err, vessel_cgroups::Error::Io { err, .. }
+        if matches!(err.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS)));
+    if !denied || nix::unistd::geteuid().is_root() {
+        return Err(err.into());
+    }
+    // Hierarchies where the mkdir did succeed (a delegated subtree) must not stay behind.
+    let _ = cgroup.remove();
+    if resources.is_some_and(limits_anything) {
+        return Err(Error::config(format!(
+            "linux.resources: a rootless container can only be limited in a cgroup its user \
+             may create, and {err} (delegate a cgroup to this user, or drop linux.resources)"
+        )));
+    }
+    Ok(false)
+}
+
+/// Whether `resources` asks for any limit a cgroup would enforce. Device rules are left
+/// out: without privilege no device node can be created, only bind-mounted.
+fn limits_anything(r: &oci_spec::runtime::LinuxResources) -> bool {
+    r.memory().is_some()
+        || r.cpu().is_some()
+        || r.pids().is_some()
+        || r.block_io().is_some()
+        || r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty())
+        || r.network().is_some()
+        || r.rdma().as_ref().is_some_and(|m| !m.is_empty())
+        || r.unified().as_ref().is_some_and(|m| !m.is_empty())
+}
+
 pub fn seccomp_cache(root: &Path) -> vessel_seccomp::Cache {
     vessel_seccomp::Cache::new(root.join(".seccomp-cache"))
 }
@@ -138,12 +178,14 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         dir: Some(dir),
     };
     let dir = undo.dir.as_ref().expect("set above");
-    cgroup.create()?;
-    undo.cgroup = Some(cgroup.clone());
-    if let Some(r) = resources {
-        cgroup.apply(r)?;
+    let have_cgroup = create_cgroup(&cgroup, resources)?;
+    if have_cgroup {
+        undo.cgroup = Some(cgroup.clone());
+        if let Some(r) = resources {
+            cgroup.apply(r)?;
+        }
     }
-    let v2_fd: Option<OwnedFd> = if into_cgroup {
+    let v2_fd: Option<OwnedFd> = if into_cgroup && have_cgroup {
         cgroup.v2_dir_fd()?
     } else {
         None
@@ -245,7 +287,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     // waits for an RCU grace period (~10 ms here), so it is done while the child works.
     // The child waits for the Continue that follows before anything that needs its cgroup.
     parent_end.send(&Msg::Pid(pid))?;
-    if !into_cgroup {
+    if !into_cgroup && have_cgroup {
         cgroup.add_task(pid)?;
     }
     if let Some(adj) = process.oom_score_adj() {

@@ -174,6 +174,13 @@ pub fn write_id_maps(pid: i32, spec: &Spec) -> Result<()> {
             .collect::<String>()
     };
     let gid = fmt(linux.gid_mappings());
+    // Without privilege on the host the kernel takes a gid_map only once setgroups is denied
+    // in the new namespace — and it must be: otherwise the container could drop
+    // supplementary groups that the host relies on to deny access (CVE-2014-8989).
+    if !gid.is_empty() && !nix::unistd::geteuid().is_root() {
+        std::fs::write(format!("/proc/{pid}/setgroups"), b"deny")
+            .ctx(|| "deny setgroups in the container's user namespace")?;
+    }
     if !gid.is_empty() {
         std::fs::write(format!("/proc/{pid}/gid_map"), gid.as_bytes()).ctx(|| {
             format!(
