@@ -1,15 +1,19 @@
 //! The `vessel` binary end to end: docker's output shapes for the image commands, and
 //! pull/push/login/save/load against a real registry on 127.0.0.1.
 
-#[path = "../../image/tests/common/registry.rs"]
-#[allow(dead_code)]
-mod registry;
+#[path = "../../image/tests/common/mod.rs"]
+mod common;
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 
-use registry::{Registry, RegistryConfig};
+use common::fake::{Fake, Req, Resp};
+use common::oci::hex_of;
+use common::RawTar;
+
+use common::registry::{Registry, RegistryConfig};
 
 struct Vessel {
     root: tempfile::TempDir,
@@ -32,7 +36,13 @@ impl Vessel {
             .arg(self.root.path())
             .arg("--runroot")
             .arg(self.run.path());
+        // Nothing from the host's /etc: registries config and certs.d live in HOME.
         c.env("HOME", self.home.path())
+            .env("VESSEL_CERTS_D", self.home.path().join("certs.d"))
+            .env(
+                "VESSEL_REGISTRIES_CONF",
+                self.home.path().join("registries.json"),
+            )
             .env_remove("DOCKER_CONFIG")
             .env_remove("REGISTRY_AUTH_FILE");
         c.args(args);
@@ -201,6 +211,21 @@ fn image_commands_print_what_docker_prints() {
     assert_eq!(v.ok(&["images", "-q"]), "");
     let missing = v.out(&["rmi", "nothere"]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("No such image: nothere"));
+
+    // -f removes an image named in several repositories.
+    let id = v.ok(&["import", tarball.to_str().unwrap(), "vesseltest/a:1"]);
+    v.ok(&["tag", "vesseltest/a:1", "vesseltest/b:2"]);
+    let out = v.ok(&["rmi", "-f", &id.trim()[7..19]]);
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            format!("Deleted: {}", id.trim()).as_str(),
+            "Untagged: vesseltest/a:1",
+            "Untagged: vesseltest/b:2"
+        ]
+    );
 }
 
 #[test]
@@ -398,4 +423,192 @@ fn push_pull_login_logout_against_a_registry() {
     let w2 = Vessel::new();
     let denied = w2.out(&["pull", &name]);
     assert!(!denied.status.success());
+}
+
+/// The 12-character id docker prints for a config.
+fn short_id(config: &[u8]) -> String {
+    hex_of(config)[..12].to_string()
+}
+
+#[test]
+fn images_all_adds_intermediate_images_and_dangling_ones_show_as_none() {
+    let v = Vessel::new();
+    let layer = RawTar::new().file("hello", b"hi\n").finish();
+    let diff = format!("sha256:{}", hex_of(&layer));
+    let config = |created: &str, parent: Option<&str>| {
+        let mut c = serde_json::json!({
+            "architecture": common::oci::host_arch(), "os": "linux", "created": created,
+            "config": {}, "rootfs": {"type": "layers", "diff_ids": [diff]},
+        });
+        if let Some(p) = parent {
+            c["parent"] = serde_json::json!(p);
+        }
+        serde_json::to_vec(&c).unwrap()
+    };
+    // base ← child (tagged), and lone: untagged with no child.
+    let base = config("2024-01-01T00:00:00Z", None);
+    let child = config(
+        "2024-01-02T00:00:00Z",
+        Some(&format!("sha256:{}", hex_of(&base))),
+    );
+    let lone = config("2024-01-03T00:00:00Z", None);
+    let manifest = serde_json::json!([
+        {"Config": "base.json", "RepoTags": null, "Layers": ["l.tar"]},
+        {"Config": "child.json", "RepoTags": ["vesseltest/child:1"], "Layers": ["l.tar"]},
+        {"Config": "lone.json", "RepoTags": null, "Layers": ["l.tar"]},
+    ]);
+    let archive = RawTar::new()
+        .file("manifest.json", &serde_json::to_vec(&manifest).unwrap())
+        .file("base.json", &base)
+        .file("child.json", &child)
+        .file("lone.json", &lone)
+        .file("l.tar", &layer)
+        .finish();
+    v.with_stdin(&["load", "-q"], &archive);
+    let (base, child, lone) = (short_id(&base), short_id(&child), short_id(&lone));
+    let lines = |args: &[&str]| -> Vec<String> { v.ok(args).lines().map(String::from).collect() };
+
+    // Without -a: the untagged parent is hidden, the untagged top-level image is not.
+    let fmt = "{{.Repository}}:{{.Tag}} {{.ID}}";
+    assert_eq!(
+        lines(&["images", "--format", fmt]),
+        [
+            format!("<none>:<none> {lone}"),
+            format!("vesseltest/child:1 {child}")
+        ]
+    );
+    let table = lines(&["images"]);
+    let cells: Vec<&str> = table[1].split_whitespace().collect();
+    assert_eq!(cells[..3], ["<none>", "<none>", lone.as_str()], "{table:?}");
+    assert_eq!(
+        lines(&["images", "-a", "--format", fmt]),
+        [
+            format!("<none>:<none> {lone}"),
+            format!("vesseltest/child:1 {child}"),
+            format!("<none>:<none> {base}")
+        ]
+    );
+    assert_eq!(lines(&["images", "-q"]), [lone.clone(), child.clone()]);
+    assert_eq!(
+        lines(&["image", "ls", "--all", "-q"]),
+        [lone.clone(), child.clone(), base.clone()]
+    );
+    assert_eq!(
+        lines(&["images", "-q", "--filter", "dangling=true"]),
+        std::slice::from_ref(&lone)
+    );
+    assert_eq!(
+        lines(&["images", "-a", "-q", "--filter", "dangling=true"]),
+        [lone.clone(), base.clone()]
+    );
+    assert_eq!(
+        lines(&["images", "-a", "-q", "--filter", "dangling=false"]),
+        std::slice::from_ref(&child)
+    );
+
+    // Once its child is gone the parent is an ordinary dangling image.
+    v.ok(&["rmi", "vesseltest/child:1"]);
+    assert_eq!(lines(&["images", "-q"]), [lone, base]);
+}
+
+#[test]
+fn pull_from_a_tls_registry_trusts_cert_dir_and_certs_d() {
+    if !Registry::available() {
+        return;
+    }
+    let reg = Registry::start(RegistryConfig {
+        tls: true,
+        ..Default::default()
+    });
+    let v = Vessel::new();
+    let work = tempfile::tempdir().unwrap();
+    let tarball = busybox_tar(work.path());
+    let name = format!("{}/vesseltest/tls:v1", reg.host());
+    v.ok(&["import", tarball.to_str().unwrap(), &name]);
+    // Loopback registries are insecure unless asked otherwise, as in docker.
+    v.ok(&["push", "-q", &name]);
+
+    // Each pull into a fresh store. Verification asked for, and no CA for the cert:
+    let w = Vessel::new();
+    let e = w.out(&["pull", "-q", "--tls-verify", &name]);
+    let err = String::from_utf8_lossy(&e.stderr);
+    assert!(!e.status.success());
+    assert!(
+        err.contains("certificate not trusted")
+            && err.contains(&reg.host())
+            && err.contains("--cert-dir"),
+        "{err}"
+    );
+    assert_eq!(w.ok(&["images", "-q"]), "");
+
+    let certs = work.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::write(certs.join("ca.crt"), reg.cert_pem()).unwrap();
+    let w = Vessel::new();
+    w.ok(&[
+        "pull",
+        "-q",
+        "--tls-verify=true",
+        "--cert-dir",
+        certs.to_str().unwrap(),
+        &name,
+    ]);
+    assert_eq!(w.ok(&["images", "--format", "{{.Tag}}"]), "v1\n");
+
+    let w = Vessel::new();
+    w.ok(&["pull", "-q", "--tls-verify=false", &name]);
+
+    // docker's layout: certs.d/<host:port>/ca.crt (VESSEL_CERTS_D points into HOME here).
+    let w = Vessel::new();
+    let host_dir = w.home.path().join("certs.d").join(reg.host());
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(host_dir.join("ca.crt"), reg.cert_pem()).unwrap();
+    w.ok(&["pull", "-q", "--tls-verify", &name]);
+    let missing = w.out(&["pull", "--cert-dir", "/nonexistent-vessel-certs", &name]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent-vessel-certs"));
+}
+
+#[test]
+fn import_from_a_url_and_from_stdin() {
+    let work = tempfile::tempdir().unwrap();
+    let data = std::fs::read(busybox_tar(work.path())).unwrap();
+    let served = data.clone();
+    let server = Fake::start(Arc::new(move |req: &Req| {
+        if req.path == "/rootfs.tar.gz" {
+            Resp::new(200, served.clone())
+        } else {
+            Resp::new(404, "not here")
+        }
+    }));
+    let v = Vessel::new();
+    let url = format!("http://{}/rootfs.tar.gz", server.host());
+    let id = v.ok(&["import", "-c", "CMD [\"sh\"]", &url, "vesseltest/url:1"]);
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    v.with_stdin(&["import", "-", "vesseltest/stdin:1"], &data);
+
+    let inspect = |name: &str| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&v.ok(&["image", "inspect", name])).unwrap()[0]
+            .clone()
+    };
+    let (from_url, from_stdin) = (inspect("vesseltest/url:1"), inspect("vesseltest/stdin:1"));
+    assert_eq!(from_url["Id"], id.trim());
+    assert_eq!(from_url["Comment"], format!("Imported from {url}"));
+    assert_eq!(from_stdin["Comment"], "Imported from -");
+    assert_eq!(from_url["Config"]["Cmd"][0], "sh");
+    assert_eq!(
+        from_url["RootFS"], from_stdin["RootFS"],
+        "same layer both ways"
+    );
+    let lower = from_url["GraphDriver"]["Data"]["LowerDir"]
+        .as_str()
+        .unwrap();
+    assert!(Path::new(lower).join("bin/busybox").is_file());
+
+    let missing = format!("http://{}/missing.tar", server.host());
+    let e = v.out(&["import", &missing]);
+    assert!(!e.status.success());
+    let err = String::from_utf8_lossy(&e.stderr);
+    assert!(err.contains(&missing) && err.contains("404"), "{err}");
+    assert_eq!(v.ok(&["images", "-q"]).lines().count(), 2);
+    assert!(common::tree(&v.root.path().join("blobs/tmp")).is_empty());
 }

@@ -67,8 +67,13 @@ pub enum Error {
     #[error("registry {registry}: unauthorized: {message}")]
     Unauthorized { registry: String, message: String },
 
-    #[error("{url}: {source}")]
-    Http { url: String, source: reqwest::Error },
+    /// The whole cause chain is in the message (reqwest's top level alone says only
+    /// "error sending request"), so the error is not chained again as a `source`.
+    #[error("{}", chain(error))]
+    Http { url: String, error: reqwest::Error },
+
+    #[error("{url}: HTTP {status}")]
+    HttpStatus { url: String, status: String },
 
     #[error("no image for platform {wanted} in {reference} (available: {available})")]
     NoMatchingPlatform {
@@ -79,6 +84,21 @@ pub enum Error {
 
     #[error("credentials file {path}: {reason}")]
     Credentials { path: PathBuf, reason: String },
+
+    #[error("certificates {path}: {reason}")]
+    Certificates { path: PathBuf, reason: String },
+
+    #[error("registry {registry}: TLS certificate not trusted: {reason} (CAs trusted: the built-in roots{extra})")]
+    UntrustedCertificate {
+        registry: String,
+        reason: String,
+        /// ", and those in DIR…" or an empty string.
+        extra: String,
+    },
+
+    /// docker 28's wording, so users find the same advice.
+    #[error("Docker Image Format v1 and Docker Image manifest version 2, schema 1 support has been removed. Suggest the author of {reference} to upgrade the image to the OCI Format or Docker Image manifest v2, schema 2. More information at https://docs.docker.com/go/deprecated-image-specs/")]
+    Schema1 { reference: String },
 }
 
 impl Error {
@@ -109,6 +129,21 @@ impl Error {
             reason: reason.to_string(),
         }
     }
+}
+
+/// "error sending request for url (…): client error (Connect): tcp connect error: …".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let s = inner.to_string();
+        if !out.ends_with(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = inner.source();
+    }
+    out
 }
 
 /// Lets errors raised inside `Read` adapters (digest checks, hostile content) travel through

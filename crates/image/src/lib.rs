@@ -25,7 +25,9 @@ pub mod reference;
 pub mod registry;
 pub mod snapshots;
 pub mod store;
+mod stream;
 pub mod unpack;
+pub mod url_import;
 
 pub use digest::Digest;
 pub use error::{Error, Result};

@@ -18,6 +18,8 @@ pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 pub const DOCKER_LAYER_FOREIGN: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
 
 /// What `Accept` says when asking a registry for a manifest.
 pub const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -114,6 +116,20 @@ pub enum Document {
 
 pub fn is_index_type(mt: &str) -> bool {
     mt == OCI_INDEX || mt == DOCKER_LIST
+}
+
+/// Docker's v2 schema 1 (signed or not), which registries still serve when that is all
+/// they hold, whatever `Accept` said: known by media type, or by `schemaVersion: 1` when the
+/// registry names none. Refused by docker since 28 and by vessel.
+pub fn is_schema1(data: &[u8], content_type: Option<&str>) -> bool {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Probe {
+        #[serde(default)]
+        schema_version: Option<u32>,
+    }
+    matches!(content_type, Some(DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED))
+        || serde_json::from_slice::<Probe>(data).is_ok_and(|p| p.schema_version == Some(1))
 }
 
 pub fn parse_document(data: &[u8], content_type: Option<&str>, what: &str) -> Result<Document> {
@@ -271,6 +287,9 @@ mod tests {
         let bad_digest = m.replace(&d, "sha256:../../etc");
         assert!(parse_document(bad_digest.as_bytes(), None, "x").is_err());
         assert!(parse_document(b"{\"schemaVersion\":1}", None, "x").is_err());
+        assert!(is_schema1(b"{\"schemaVersion\":1}", None));
+        assert!(is_schema1(b"{}", Some(DOCKER_SCHEMA1_SIGNED)));
+        assert!(!is_schema1(m.as_bytes(), Some(OCI_MANIFEST)));
     }
 
     #[test]

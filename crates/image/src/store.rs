@@ -49,7 +49,11 @@ pub struct ImageSummary {
     pub created: Option<DateTime<Utc>>,
     pub size: u64,
     pub labels: serde_json::Map<String, Value>,
+    /// No tag (docker's `dangling=true`).
     pub dangling: bool,
+    /// Untagged, without repo digests, and the parent (config `parent`) of another image
+    /// here: a build step, which docker lists only with `images -a`.
+    pub intermediate: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -329,15 +333,24 @@ impl Store {
 
     pub fn images(&self) -> Result<Vec<ImageSummary>> {
         let db = self.db();
+        let rows = db.images()?;
+        let configs: Vec<Option<Value>> = rows
+            .iter()
+            .map(|img| self.config(&img.id).ok().map(|(raw, _)| raw))
+            .collect();
+        let parents: std::collections::HashSet<&str> = configs
+            .iter()
+            .flatten()
+            .filter_map(|c| c.get("parent").and_then(Value::as_str))
+            .collect();
         let mut out = Vec::new();
-        for img in db.images()? {
+        for (img, config) in rows.iter().zip(&configs) {
             let tags = db.tags_of(&img.id)?;
             let digests = db.repo_digests_of(&img.id)?;
             let created = img.created.as_deref().and_then(parse_time);
-            let labels = self
-                .config(&img.id)
-                .ok()
-                .and_then(|(raw, _)| {
+            let labels = config
+                .as_ref()
+                .and_then(|raw| {
                     raw.pointer("/config/Labels")
                         .and_then(|l| l.as_object().cloned())
                 })
@@ -351,6 +364,9 @@ impl Store {
                 size: img.size,
                 labels,
                 dangling: tags.is_empty(),
+                intermediate: tags.is_empty()
+                    && digests.is_empty()
+                    && parents.contains(img.id.as_str()),
             };
             if tags.is_empty() && digests.is_empty() {
                 out.push(base.clone());

@@ -14,6 +14,7 @@ use common::registry::{Registry, RegistryConfig};
 use common::{tree, RawTar};
 use vessel_image::registry::auth::{self, Credentials};
 use vessel_image::registry::pull::{self, NoProgress, PullOptions, PullResult};
+use vessel_image::registry::TlsVerify;
 use vessel_image::store::Store;
 use vessel_image::{Error, Reference};
 
@@ -156,12 +157,101 @@ fn pulls_over_tls_with_a_self_signed_cert() {
     write_layout(&work.path().join("oci"), "latest", &two_layers(), &["sh"]);
     let name = format!("{}/vesseltest/tls:latest", reg.host());
     skopeo_push(&work.path().join("oci"), &name, &[]);
+    // Each pull into a fresh store, so layers travel over TLS too.
+    let pull_fresh = |o: &PullOptions| {
+        let root = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(root.path()).unwrap());
+        do_pull(&store, &name, o).map(|_| check_pulled(&store, &name))
+    };
+    let empty = tempfile::tempdir().unwrap();
+    let mut o = opts_with_authfile(work.path());
+    o.registry.certs_d = Some(vec![empty.path().to_path_buf()]);
+
+    o.registry.tls_verify = TlsVerify::Never;
+    pull_fresh(&o).unwrap();
+
+    // Verified (loopback is exempt only by default), with nothing trusting the cert.
+    o.registry.tls_verify = TlsVerify::Always;
+    let e = pull_fresh(&o).unwrap_err();
+    assert!(matches!(e, Error::UntrustedCertificate { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("certificate") && msg.contains(&reg.host()),
+        "{msg}"
+    );
+
+    // --cert-dir with the cert as a CA.
+    let certs = tempfile::tempdir().unwrap();
+    std::fs::write(certs.path().join("ca.crt"), reg.cert_pem()).unwrap();
+    o.registry.cert_dir = Some(certs.path().to_path_buf());
+    pull_fresh(&o).unwrap();
+
+    // docker's certs.d/<host:port>/ca.crt.
+    o.registry.cert_dir = None;
+    let base = tempfile::tempdir().unwrap();
+    std::fs::create_dir(base.path().join(reg.host())).unwrap();
+    std::fs::write(base.path().join(reg.host()).join("ca.crt"), reg.cert_pem()).unwrap();
+    o.registry.certs_d = Some(vec![empty.path().to_path_buf(), base.path().to_path_buf()]);
+    pull_fresh(&o).unwrap();
+}
+
+#[test]
+fn client_certificates_come_from_the_cert_dir() {
+    if !Registry::available() {
+        return;
+    }
+    let client = rcgen::generate_simple_self_signed(vec!["vesseltest-client".into()]).unwrap();
+    let reg = Registry::start(RegistryConfig {
+        tls: true,
+        client_ca: Some(client.cert.pem()),
+        ..Default::default()
+    });
+    let certs = tempfile::tempdir().unwrap();
+    std::fs::write(certs.path().join("ca.crt"), reg.cert_pem()).unwrap();
+    let mut opts = vessel_image::registry::RegistryOptions {
+        tls_verify: TlsVerify::Always,
+        cert_dir: Some(certs.path().to_path_buf()),
+        ..Default::default()
+    };
     let root = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(root.path()).unwrap());
-    let mut o = opts_with_authfile(work.path());
-    o.registry.tls_verify = false;
-    do_pull(&store, &name, &o).unwrap();
-    check_pulled(&store, &name);
+    let name = format!("{}/vesseltest/mtls:v1", reg.host());
+    let imp = vessel_image::store::ImportOptions {
+        reference: Some(Reference::parse(&name).unwrap()),
+        ..Default::default()
+    };
+    store.import(&busybox_rootfs()[..], &imp).unwrap();
+    let push = |o: &vessel_image::registry::RegistryOptions| {
+        rt().block_on(vessel_image::registry::push::push(
+            store.clone(),
+            &name,
+            &Reference::parse(&name).unwrap(),
+            o,
+            Arc::new(vessel_image::registry::push::NoPushProgress),
+        ))
+    };
+    // The registry hangs up on a client without a certificate.
+    opts.max_attempts = 1;
+    let e = push(&opts).unwrap_err();
+    assert!(matches!(e, Error::Http { .. }), "{e}");
+
+    std::fs::write(certs.path().join("client.cert"), client.cert.pem()).unwrap();
+    std::fs::write(
+        certs.path().join("client.key"),
+        client.key_pair.serialize_pem(),
+    )
+    .unwrap();
+    let digest = push(&opts).unwrap();
+    let root2 = tempfile::tempdir().unwrap();
+    let store2 = Arc::new(Store::open(root2.path()).unwrap());
+    let po = PullOptions {
+        registry: opts.clone(),
+        ..Default::default()
+    };
+    assert_eq!(do_pull(&store2, &name, &po).unwrap().digest, digest);
+    assert!(store2.layer_paths(&name).unwrap()[0]
+        .join("bin/busybox")
+        .is_file());
 }
 
 #[test]
@@ -859,4 +949,60 @@ fn large_blobs_go_up_in_chunks() {
         std::fs::read(store2.layer_paths(&name).unwrap()[0].join("noise.bin")).unwrap(),
         noise
     );
+}
+
+#[test]
+fn schema1_manifests_are_refused_like_docker() {
+    if !Registry::available() {
+        return;
+    }
+    let reg = Registry::start(RegistryConfig {
+        schema1: true,
+        ..Default::default()
+    });
+    let base = format!("http://{}/v2/vesseltest/old", reg.host());
+    let layer = common::gzip(&RawTar::new().file("f", b"x").finish());
+    let layer_digest = format!("sha256:{}", sha256_hex(&layer));
+    let http = reqwest::Client::new();
+    rt().block_on(async {
+        let r = http
+            .post(format!("{base}/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap();
+        let loc = r.headers()["location"].to_str().unwrap().to_string();
+        let r = http
+            .put(format!("{loc}&digest={layer_digest}"))
+            .body(layer.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{:?}", r.text().await);
+        let m = common::schema1::signed_manifest("vesseltest/old", "v1", &layer_digest);
+        let r = http
+            .put(format!("{base}/manifests/v1"))
+            .header(
+                "Content-Type",
+                "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            )
+            .body(m)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    });
+    let root = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(root.path()).unwrap());
+    let name = format!("{}/vesseltest/old:v1", reg.host());
+    let e = do_pull(&store, &name, &PullOptions::default()).unwrap_err();
+    assert!(matches!(e, Error::Schema1 { .. }), "{e}");
+    assert!(
+        e.to_string().starts_with(&format!(
+            "Docker Image Format v1 and Docker Image manifest version 2, schema 1 support has been removed. Suggest the author of {name} to upgrade"
+        )),
+        "{e}"
+    );
+    assert!(store.images().unwrap().is_empty());
+    assert!(tree(&root.path().join("blobs/sha256")).is_empty());
+    assert_store_has_no_partials(root.path());
 }

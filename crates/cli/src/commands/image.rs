@@ -2,7 +2,7 @@
 //! `history`, `image prune`.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read};
+use std::io;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -49,7 +49,7 @@ pub fn run(cmd: ImageCommand, store: Store) -> Result<ExitCode> {
         ImageCommand::Inspect(a) => inspect(a, store),
         ImageCommand::Tag(a) => tag(a, store),
         ImageCommand::Rm(a) => rmi(a, store),
-        ImageCommand::Import(a) => import(a, store),
+        ImageCommand::Import(a) => import(a, store_owned),
         ImageCommand::History(a) => history(a, store),
         ImageCommand::Prune(a) => prune(a, store),
         ImageCommand::Save(a) => save(a, store),
@@ -136,7 +136,10 @@ fn glob(pat: &str, s: &str) -> bool {
 fn keep(img: &ImageSummary, filters: &[Filter], store: &Store) -> Result<bool> {
     for f in filters {
         let ok = match f {
-            Filter::Dangling(d) => img.dangling == *d,
+            // docker: dangling=true is every untagged image (digest-only ones too);
+            // dangling=false drops only those with neither tag nor digest.
+            Filter::Dangling(true) => img.dangling,
+            Filter::Dangling(false) => img.repository.is_some(),
             Filter::Reference(p) => img.repository.as_ref().is_some_and(|r| {
                 let with_tag = format!("{r}:{}", img.tag.as_deref().unwrap_or(""));
                 glob(p, r) || glob(p, &with_tag)
@@ -173,10 +176,14 @@ fn keep(img: &ImageSummary, filters: &[Filter], store: &Store) -> Result<bool> {
 }
 
 pub fn list(a: ListArgs, store: &Store) -> Result<ExitCode> {
-    let _ = a.all; // vessel keeps no intermediate images; -a lists the same set
     let filters = parse_filters(&a.filter, a.repository.as_ref())?;
     let mut rows = Vec::new();
     for img in store.images()? {
+        // As docker: untagged top-level images show as <none>:<none> either way; the
+        // untagged parents of other images only with -a.
+        if img.intermediate && !a.all {
+            continue;
+        }
         if keep(&img, &filters, store)? {
             rows.push(img);
         }
@@ -326,25 +333,41 @@ pub struct ImportArgs {
     /// Set platform if server is multi-platform capable
     #[arg(long)]
     platform: Option<String>,
-    /// File (or - for stdin) with the rootfs tarball
+    /// The rootfs tarball: a file, - for stdin, or an http(s) URL
     file: String,
     /// REPOSITORY[:TAG]
     reference: Option<String>,
 }
 
-pub fn import(a: ImportArgs, store: &Store) -> Result<ExitCode> {
+pub fn import(a: ImportArgs, store: Store) -> Result<ExitCode> {
+    let is_url = vessel_image::url_import::is_url(&a.file);
     let opts = ImportOptions {
         reference: a.reference.as_deref().map(Reference::parse).transpose()?,
-        message: a.message,
+        // docker's default comment; it streams files as "-", so they say "-" too.
+        message: Some(a.message.unwrap_or_else(|| {
+            format!(
+                "Imported from {}",
+                if is_url { a.file.as_str() } else { "-" }
+            )
+        })),
         changes: a.change,
         platform: a.platform.as_deref().map(Platform::parse).transpose()?,
     };
-    let reader: Box<dyn Read> = if a.file == "-" {
-        Box::new(io::stdin().lock())
+    let id = if is_url {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(vessel_image::url_import::import_url(
+                std::sync::Arc::new(store),
+                &a.file,
+                opts,
+            ))?
+    } else if a.file == "-" {
+        store.import(io::stdin().lock(), &opts)?
     } else {
-        Box::new(std::fs::File::open(&a.file).with_context(|| format!("open {}", a.file))?)
+        let f = std::fs::File::open(&a.file).with_context(|| format!("open {}", a.file))?;
+        store.import(f, &opts)?
     };
-    let id = store.import(reader, &opts)?;
     println!("{id}");
     Ok(ExitCode::SUCCESS)
 }

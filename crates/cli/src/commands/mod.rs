@@ -15,7 +15,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Images(a) => image::list(a, &open()?),
         Command::Tag(a) => image::tag(a, &open()?),
         Command::Rmi(a) => image::rmi(a, &open()?),
-        Command::Import(a) => image::import(a, &open()?),
+        Command::Import(a) => image::import(a, open()?),
         Command::History(a) => image::history(a, &open()?),
         Command::Save(a) => image::save(a, &open()?),
         Command::Load(a) => image::load(a, &open()?),

@@ -12,29 +12,62 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use vessel_image::manifest::Platform;
 use vessel_image::reference::familiar;
 use vessel_image::registry::auth;
+use vessel_image::registry::mirrors::RegistriesConfig;
 use vessel_image::registry::pull::{self, Progress, PullEvent, PullOptions};
 use vessel_image::registry::push::{self, PushEvent, PushProgress};
-use vessel_image::registry::{Client, Credentials, RegistryOptions};
+use vessel_image::registry::{Client, Credentials, RegistryOptions, TlsVerify};
 use vessel_image::store::Store;
 use vessel_image::{Digest, Reference};
 
 #[derive(Args, Debug, Clone)]
 pub struct RegistryArgs {
-    /// Require HTTPS and verify certificates when contacting registries
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    tls_verify: bool,
+    /// Require HTTPS and verify certificates. Unset: docker's rule (loopback and
+    /// insecure-registries are exempt); --tls-verify=true: every registry, those included
+    #[arg(
+        long,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    tls_verify: Option<bool>,
+    /// Use certificates at DIR (*.crt CAs, *.cert/*.key client pairs) for the registry,
+    /// instead of certs.d/<host[:port]>/
+    #[arg(long, value_name = "DIR")]
+    cert_dir: Option<std::path::PathBuf>,
     /// Path of the authentication file (default: docker's config.json)
     #[arg(long, env = "REGISTRY_AUTH_FILE")]
     authfile: Option<std::path::PathBuf>,
 }
 
 impl RegistryArgs {
-    fn options(&self) -> RegistryOptions {
+    fn options(&self, conf: &RegistriesConfig) -> RegistryOptions {
         RegistryOptions {
-            tls_verify: self.tls_verify,
+            tls_verify: match self.tls_verify {
+                None => TlsVerify::Default,
+                Some(true) => TlsVerify::Always,
+                Some(false) => TlsVerify::Never,
+            },
+            insecure_registries: conf.insecure.clone(),
+            cert_dir: self.cert_dir.clone(),
             auth_file: self.authfile.clone(),
             ..RegistryOptions::default()
         }
+    }
+}
+
+/// Adds what the user can do about an untrusted certificate; the library only says what
+/// it trusted.
+fn hint(e: vessel_image::Error) -> anyhow::Error {
+    match e {
+        vessel_image::Error::UntrustedCertificate { .. } => anyhow::anyhow!(
+            "{e}\nTrust the registry's CA with --cert-dir DIR (DIR/ca.crt) or {}/<host:port>/ca.crt, or skip verification with --tls-verify=false",
+            vessel_image::registry::tls::default_certs_d()
+                .first()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "certs.d".into())
+        ),
+        e => e.into(),
     }
 }
 
@@ -152,11 +185,9 @@ pub fn pull(a: PullArgs, store: Store) -> Result<ExitCode> {
     let store = Arc::new(store);
     let reference = Reference::parse(&a.name)?;
     let platform = a.platform.as_deref().map(Platform::parse).transpose()?;
-    let mirrors = vessel_image::registry::mirrors::RegistriesConfig::load_default()?;
-    let mut registry = a.registry.options();
-    registry.insecure_registries = mirrors.insecure.clone();
+    let mirrors = RegistriesConfig::load_default()?;
     let opts = PullOptions {
-        registry,
+        registry: a.registry.options(&mirrors),
         platform,
         mirrors,
         ..PullOptions::default()
@@ -171,16 +202,18 @@ pub fn pull(a: PullArgs, store: Store) -> Result<ExitCode> {
         if reference.digest().is_some() || explicit_tag {
             bail!("tag can't be used with --all-tags/-a");
         }
-        let tags = rt.block_on(async {
-            let c = Client::connect(
-                reference.registry_host(),
-                reference.path(),
-                false,
-                &opts.registry,
-            )
-            .await?;
-            c.tags().await
-        })?;
+        let tags = rt
+            .block_on(async {
+                let c = Client::connect(
+                    reference.registry_host(),
+                    reference.path(),
+                    false,
+                    &opts.registry,
+                )
+                .await?;
+                c.tags().await
+            })
+            .map_err(hint)?;
         tags.iter()
             .map(|t| reference.with_tag(t))
             .collect::<vessel_image::Result<_>>()?
@@ -192,7 +225,9 @@ pub fn pull(a: PullArgs, store: Store) -> Result<ExitCode> {
     };
     for r in refs {
         let bars = Arc::new(Bars::new(a.quiet));
-        let res = rt.block_on(pull::pull(store.clone(), &r, &opts, bars.clone()))?;
+        let res = rt
+            .block_on(pull::pull(store.clone(), &r, &opts, bars.clone()))
+            .map_err(hint)?;
         let shown = match (r.tag(), r.digest()) {
             (_, Some(d)) => format!("{}@{d}", r.familiar_repository()),
             (Some(t), None) => format!("{}:{t}", r.familiar_repository()),
@@ -252,13 +287,10 @@ pub fn push(a: PushArgs, store: Store) -> Result<ExitCode> {
     let store = Arc::new(store);
     let target = Reference::parse(&a.name)?;
     let progress = Arc::new(PushLines { quiet: a.quiet });
-    let digest = runtime()?.block_on(push::push(
-        store,
-        &a.name,
-        &target,
-        &a.registry.options(),
-        progress,
-    ))?;
+    let opts = a.registry.options(&RegistriesConfig::load_default()?);
+    let digest = runtime()?
+        .block_on(push::push(store, &a.name, &target, &opts, progress))
+        .map_err(hint)?;
     if a.quiet {
         println!("{}@{digest}", target.repository());
     }
@@ -313,7 +345,7 @@ pub fn login(a: LoginArgs) -> Result<ExitCode> {
         eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
     }
     let creds = Credentials { username, password };
-    let mut opts = a.registry.options();
+    let mut opts = a.registry.options(&RegistriesConfig::load_default()?);
     opts.credentials = Some(creds.clone());
     let api_host = if host == "docker.io" {
         "registry-1.docker.io".to_string()
@@ -327,6 +359,7 @@ pub fn login(a: LoginArgs) -> Result<ExitCode> {
                 .await
                 .map(|_| ())
         })
+        .map_err(hint)
         .with_context(|| format!("login to {host} failed"))?;
     let path = a.registry.authfile.clone().unwrap_or_else(auth::auth_file);
     auth::store(&path, &host, Some(&creds))?;

@@ -14,16 +14,35 @@ use reqwest::{Method, Response, StatusCode};
 use tokio::sync::RwLock;
 
 use super::auth::{self, Challenge, Credentials};
+use super::tls;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{ACCEPT_MANIFESTS, MAX_DOCUMENT};
 
+/// When certificates are verified (and plain HTTP refused).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsVerify {
+    /// docker's rule: verify, except for the insecure registries and loopback ones (docker's
+    /// insecure list always holds 127.0.0.0/8), which get any certificate, then plain HTTP.
+    #[default]
+    Default,
+    /// Verify every registry, insecure lists notwithstanding (podman's explicit
+    /// `--tls-verify=true` overrides its registries.conf the same way).
+    Always,
+    /// Accept any certificate and fall back to plain HTTP (`--tls-verify=false`).
+    Never,
+}
+
 #[derive(Clone, Debug)]
 pub struct RegistryOptions {
-    /// Verify TLS certificates and require HTTPS (docker's default; loopback registries
-    /// are always treated as insecure, as docker does).
-    pub tls_verify: bool,
+    pub tls_verify: TlsVerify,
     pub insecure_registries: Vec<String>,
+    /// podman's `--cert-dir`: CA and client files used for every registry, instead of the
+    /// per-host lookup in `certs_d`.
+    pub cert_dir: Option<std::path::PathBuf>,
+    /// Base directories holding `<host[:port]>/` (docker's certs.d layout); `None` is
+    /// [`tls::default_certs_d`].
+    pub certs_d: Option<Vec<std::path::PathBuf>>,
     /// Explicit credentials; otherwise the auth file is consulted.
     pub credentials: Option<Credentials>,
     pub auth_file: Option<std::path::PathBuf>,
@@ -36,13 +55,28 @@ pub struct RegistryOptions {
 impl Default for RegistryOptions {
     fn default() -> Self {
         RegistryOptions {
-            tls_verify: true,
+            tls_verify: TlsVerify::Default,
             insecure_registries: Vec::new(),
+            cert_dir: None,
+            certs_d: None,
             credentials: None,
             auth_file: None,
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
             max_attempts: 4,
+        }
+    }
+}
+
+impl RegistryOptions {
+    /// Whether `host` is contacted without certificate checks (and over HTTP if need be).
+    pub fn insecure(&self, host: &str) -> bool {
+        match self.tls_verify {
+            TlsVerify::Never => true,
+            TlsVerify::Always => false,
+            TlsVerify::Default => {
+                is_loopback(host) || self.insecure_registries.iter().any(|r| r == host)
+            }
         }
     }
 }
@@ -94,11 +128,11 @@ impl Client {
         push: bool,
         opts: &RegistryOptions,
     ) -> Result<Client> {
-        let insecure = !opts.tls_verify
-            || is_loopback(host)
-            || opts.insecure_registries.iter().any(|r| r == host);
+        let insecure = opts.insecure(host);
+        let certs_d = opts.certs_d.clone().unwrap_or_else(tls::default_certs_d);
+        let files = tls::load(host, opts.cert_dir.as_deref(), &certs_d)?;
         let origin = host_only(host).to_string();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .danger_accept_invalid_certs(insecure)
             .connect_timeout(opts.connect_timeout)
             .read_timeout(opts.read_timeout)
@@ -120,12 +154,23 @@ impl Client {
                         "refusing redirect to another host over plain HTTP: {to}"
                     ))
                 }
-            }))
-            .build()
-            .map_err(|e| Error::Registry {
-                registry: host.into(),
-                message: format!("building HTTP client: {e}"),
-            })?;
+            }));
+        for c in &files.roots {
+            builder = builder.add_root_certificate(c.clone());
+        }
+        // Client certificates are presented to insecure registries too, as docker does.
+        if let Some(id) = &files.identity {
+            builder = builder.identity(id.clone());
+        }
+        let http = builder.build().map_err(|e| Error::Registry {
+            registry: host.into(),
+            message: format!("building HTTP client: {e}"),
+        })?;
+        let trusted_dirs: String = files
+            .dirs
+            .iter()
+            .map(|d| format!(", and those in {}", d.display()))
+            .collect();
         let creds = match &opts.credentials {
             Some(c) => Some(c.clone()),
             None => auth::lookup(
@@ -153,6 +198,17 @@ impl Client {
             };
             match client.ping().await {
                 Ok(()) => return Ok(client),
+                Err(Error::Http { url, error }) => match tls::certificate_problem(&error) {
+                    // Said plainly: a bare "error sending request" hides the cause.
+                    Some(reason) if !insecure => {
+                        return Err(Error::UntrustedCertificate {
+                            registry: host.into(),
+                            reason,
+                            extra: trusted_dirs,
+                        })
+                    }
+                    _ => last_err = Some(Error::Http { url, error }),
+                },
                 Err(e) => last_err = Some(e),
             }
         }
@@ -170,7 +226,7 @@ impl Client {
         let url = format!("{}/v2/", self.base);
         let resp = self.http.get(&url).send().await.map_err(|e| Error::Http {
             url: url.clone(),
-            source: e,
+            error: e,
         })?;
         match resp.status() {
             s if s.is_success() => Ok(()),
@@ -183,7 +239,7 @@ impl Client {
                 }
                 let again = req.send().await.map_err(|e| Error::Http {
                     url: url.clone(),
-                    source: e,
+                    error: e,
                 })?;
                 match again.status() {
                     s if s.is_success() => Ok(()),
@@ -239,7 +295,7 @@ impl Client {
                 }
                 let r = req.send().await.map_err(|e| Error::Http {
                     url: realm.clone(),
-                    source: e,
+                    error: e,
                 })?;
                 if !r.status().is_success() {
                     return Err(Error::Unauthorized {
@@ -307,11 +363,11 @@ impl Client {
                 }
                 Ok(resp) => return Ok(resp),
                 Err(e) if e.is_redirect() || e.is_builder() => {
-                    return Err(Error::Http { url, source: e })
+                    return Err(Error::Http { url, error: e })
                 }
                 Err(e) => {
                     if attempt >= self.opts.max_attempts {
-                        return Err(Error::Http { url, source: e });
+                        return Err(Error::Http { url, error: e });
                     }
                     format!("{method} {url}: {e}")
                 }
@@ -358,7 +414,10 @@ impl Client {
         let expected = Digest::parse(reference)
             .ok()
             .or(announced.as_deref().and_then(|a| Digest::parse(a).ok()));
-        if let Some(exp) = expected {
+        // A signed schema 1 manifest's digest covers it without its signatures, so it
+        // cannot match here; it is returned unchecked only for the caller to refuse.
+        let schema1 = crate::manifest::is_schema1(&data, content_type.as_deref());
+        if let Some(exp) = expected.filter(|_| !schema1) {
             if exp != digest {
                 return Err(Error::DigestMismatch {
                     what: "manifest".into(),
@@ -408,8 +467,8 @@ impl Client {
         let mut attempt = 1;
         loop {
             match self.manifest_once(reference).await {
-                Err(Error::Http { url, source }) if attempt < self.opts.max_attempts => {
-                    tracing::warn!("{url}: {source}; retrying");
+                Err(Error::Http { url, error }) if attempt < self.opts.max_attempts => {
+                    tracing::warn!("{url}: {error}; retrying");
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
                 }
@@ -423,8 +482,8 @@ impl Client {
         let mut attempt = 1;
         loop {
             match self.blob_bytes_once(digest, size, what).await {
-                Err(Error::Http { url, source }) if attempt < self.opts.max_attempts => {
-                    tracing::warn!("{url}: {source}; retrying");
+                Err(Error::Http { url, error }) if attempt < self.opts.max_attempts => {
+                    tracing::warn!("{url}: {error}; retrying");
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
                 }
@@ -571,7 +630,7 @@ pub async fn read_limited(resp: Response, limit: u64, what: &str) -> Result<Vec<
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| Error::Http {
             url: url.clone(),
-            source: e,
+            error: e,
         })?;
         if out.len() as u64 + chunk.len() as u64 > limit {
             return Err(Error::malformed(

@@ -5,6 +5,7 @@ pub mod client;
 pub mod mirrors;
 pub mod pull;
 pub mod push;
+pub mod tls;
 
 pub use auth::Credentials;
-pub use client::{Client, RegistryOptions};
+pub use client::{Client, RegistryOptions, TlsVerify};

@@ -3,7 +3,6 @@
 //! streams — one pass over the bytes. The image is recorded only when every layer is in.
 
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,6 +18,7 @@ use crate::layer::{self, LayerInput};
 use crate::manifest::{self, Descriptor, Document, Platform};
 use crate::reference::Reference;
 use crate::store::Store;
+use crate::stream::ChannelReader;
 
 /// How many layers download at once (docker's default is 3).
 pub const DEFAULT_CONCURRENCY: usize = 3;
@@ -109,6 +109,15 @@ pub async fn pull(
         .platform
         .clone()
         .unwrap_or_else(manifest::host_platform);
+    let refuse_schema1 = |m: &super::client::Manifest| {
+        if manifest::is_schema1(&m.data, m.content_type.as_deref()) {
+            return Err(Error::Schema1 {
+                reference: reference.to_string(),
+            });
+        }
+        Ok(())
+    };
+    refuse_schema1(&top)?;
     let mut extra_blobs = vec![];
     let (m, m_digest, m_type, m_data) = match manifest::parse_document(
         &top.data,
@@ -137,6 +146,7 @@ pub async fn pull(
                 }
             })?;
             let inner = client.manifest(chosen.digest.as_str()).await?;
+            refuse_schema1(&inner)?;
             if inner.data.len() as u64 != chosen.size {
                 return Err(Error::SizeMismatch {
                     what: "manifest".into(),
@@ -378,11 +388,9 @@ impl LayerJob {
             what: format!("layer {d}"),
         })?;
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(64);
-        let done = Arc::new(AtomicU64::new(0));
-        let reader = ChannelReader {
-            rx,
-            cur: Bytes::new(),
-            done: done.clone(),
+        let reader = ProgressReader {
+            inner: ChannelReader::new(rx),
+            done: 0,
             progress: self.progress.clone(),
             digest: d.clone(),
             size,
@@ -506,35 +514,25 @@ impl LayerJob {
 }
 
 /// The blocking side of the download channel, reporting progress as bytes are consumed.
-struct ChannelReader {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
-    cur: Bytes,
-    done: Arc<AtomicU64>,
+struct ProgressReader {
+    inner: ChannelReader,
+    done: u64,
     progress: Arc<dyn Progress>,
     digest: Digest,
     size: u64,
     last: u64,
 }
 
-impl Read for ChannelReader {
+impl Read for ProgressReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.cur.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(b)) => self.cur = b,
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.cur.len());
-        buf[..n].copy_from_slice(&self.cur[..n]);
-        let _ = self.cur.split_to(n);
-        let done = self.done.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
         // Report every 256 KiB, not every read: the progress bar does not need more.
-        if done - self.last >= 256 * 1024 || done == self.size {
-            self.last = done;
+        if n > 0 && (self.done - self.last >= 256 * 1024 || self.done == self.size) {
+            self.last = self.done;
             self.progress.event(PullEvent::LayerProgress {
                 digest: self.digest.clone(),
-                done,
+                done: self.done,
                 size: self.size,
             });
         }

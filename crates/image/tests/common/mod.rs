@@ -5,6 +5,7 @@
 pub mod fake;
 pub mod oci;
 pub mod registry;
+pub mod schema1;
 pub mod token;
 
 use tar::{EntryType, Header};

@@ -1,5 +1,6 @@
 //! The Debian `docker-registry`, started on 127.0.0.1 on a free port with storage in a temp
-//! dir, optionally with TLS (self-signed) or htpasswd Basic auth; killed on drop.
+//! dir, optionally with TLS (self-signed, client certificates optional), htpasswd Basic auth
+//! or token auth; killed on drop.
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -12,6 +13,11 @@ pub const BINARY: &str = "/usr/bin/docker-registry";
 #[derive(Default)]
 pub struct RegistryConfig {
     pub tls: bool,
+    /// With `tls`: PEM of the certificate(s) client certificates must chain to; the
+    /// registry then refuses clients without one.
+    pub client_ca: Option<String>,
+    /// Accept Docker schema 1 manifests (off by default since distribution 2.8).
+    pub schema1: bool,
     pub htpasswd: Option<(String, String)>,
     /// Token auth: (realm URL, service, issuer, PEM of the cert that signs tokens).
     pub token: Option<(String, String, String, String)>,
@@ -69,6 +75,16 @@ impl Registry {
                 dir.path().join("cert.pem").display(),
                 dir.path().join("key.pem").display()
             );
+            if let Some(pem) = &cfg.client_ca {
+                std::fs::write(dir.path().join("client-ca.pem"), pem).map_err(|e| e.to_string())?;
+                yaml += &format!(
+                    "    clientcas:\n      - {}\n",
+                    dir.path().join("client-ca.pem").display()
+                );
+            }
+        }
+        if cfg.schema1 {
+            yaml += "compatibility:\n  schema1:\n    enabled: true\n";
         }
         if let Some((u, p)) = &cfg.htpasswd {
             let hash = bcrypt::hash(p, 5).map_err(|e| e.to_string())?;
@@ -119,6 +135,11 @@ impl Registry {
 
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The self-signed server certificate of a TLS registry (PEM).
+    pub fn cert_pem(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("cert.pem")).unwrap()
     }
 
     pub fn data_dir(&self) -> PathBuf {
