@@ -206,6 +206,7 @@ impl CgroupManager {
         resources::apply(self, res)
     }
 
+    /// Move process `pid` into the cgroup in every hierarchy.
     pub fn add_task(&self, pid: i32) -> Result<()> {
         for dir in self.all_dirs() {
             fs::write(&dir.join("cgroup.procs"), &pid.to_string())?;
@@ -213,15 +214,33 @@ impl CgroupManager {
         Ok(())
     }
 
-    /// The unified directory as an O_PATH-free directory fd, for clone3(CLONE_INTO_CGROUP).
-    pub fn v2_dir_fd(&self) -> Result<Option<OwnedFd>> {
-        if self.layout != Layout::V2 {
-            return Ok(None);
+    /// Move process `pid` into the cgroup in the v1 hierarchies only: its unified cgroup
+    /// was chosen by clone3(CLONE_INTO_CGROUP).
+    pub fn add_task_v1(&self, pid: i32) -> Result<()> {
+        for (_, dir) in &self.v1 {
+            fs::write(&dir.join("cgroup.procs"), &pid.to_string())?;
         }
-        let dir = self
-            .unified
-            .as_ref()
-            .ok_or_else(|| Error::Unsupported("no unified cgroup hierarchy".into()))?;
+        Ok(())
+    }
+
+    /// The calling thread moves itself into the cgroup in the v1 hierarchies (writes "0" to
+    /// `tasks`). The kernel needs no threadgroup lock when a thread moves itself, so unlike
+    /// a PID written into cgroup.procs — whose lock waits for an RCU grace period when
+    /// nothing else holds it, ~10 ms — this is a plain write. The caller must be
+    /// single-threaded, for `tasks` moves one thread, not the process.
+    pub fn join_v1_self(&self) -> Result<()> {
+        for (_, dir) in &self.v1 {
+            fs::write(&dir.join("tasks"), "0")?;
+        }
+        Ok(())
+    }
+
+    /// The container's directory in the unified hierarchy (pure v2, or the cgroup2 mount of
+    /// a hybrid host) as a directory fd, for clone3(CLONE_INTO_CGROUP). None on pure v1.
+    pub fn unified_dir_fd(&self) -> Result<Option<OwnedFd>> {
+        let Some(dir) = self.unified.as_ref() else {
+            return Ok(None);
+        };
         let f = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags_dir()

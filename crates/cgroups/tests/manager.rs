@@ -127,17 +127,22 @@ fn layout_matches_the_host() {
     } else {
         assert_eq!(layout, Layout::V1);
     }
-    // Only v2 can create straight into the cgroup.
+    // A unified hierarchy (v2 or hybrid) can take a child straight into the cgroup.
     let cg = Cg::new("fd");
-    let fd = cg.m.v2_dir_fd().unwrap();
-    assert_eq!(fd.is_some(), layout == Layout::V2);
+    let fd = cg.m.unified_dir_fd().unwrap();
+    assert_eq!(fd.is_some(), layout != Layout::V1);
     if let Some(fd) = fd {
         let target = std::fs::read_link(format!(
             "/proc/self/fd/{}",
             std::os::fd::AsRawFd::as_raw_fd(&fd)
         ))
         .unwrap();
-        assert_eq!(target, cg.path("cpu", ""));
+        let want = if layout == Layout::V2 {
+            cg.path("cpu", "")
+        } else {
+            Path::new("/sys/fs/cgroup/unified").join(cg.m.path().strip_prefix("/").unwrap())
+        };
+        assert_eq!(target, want);
     }
 }
 

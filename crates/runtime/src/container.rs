@@ -187,9 +187,8 @@ pub fn kill(root: &Path, id: &str, signal: i32, all: bool) -> Result<()> {
             "cannot send a signal to a stopped container",
         ));
     }
-    if all {
-        let cg = CgroupManager::new(&st.cgroups_path)?;
-        cg.kill_all(signal)?;
+    if all && st.has_cgroup {
+        st.cgroup("signal all its processes")?.kill_all(signal)?;
         return Ok(());
     }
     signal_init(&st, signal)
@@ -218,19 +217,28 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         Err(e) => return Err(e),
     };
     let status = dir.status(&st);
-    let cg = CgroupManager::new(&st.cgroups_path)?;
+    // Never touch a cgroup the container does not own (rootless without one).
+    let cg = if st.has_cgroup {
+        Some(CgroupManager::new(&st.cgroups_path)?)
+    } else {
+        None
+    };
     match status {
         Status::Stopped => {}
         // A created container never ran user code: deleting it is always allowed.
-        Status::Created => kill_and_wait(&st, &cg)?,
-        Status::Running | Status::Paused | Status::Creating if force => kill_and_wait(&st, &cg)?,
+        Status::Created => kill_and_wait(&st, cg.as_ref())?,
+        Status::Running | Status::Paused | Status::Creating if force => {
+            kill_and_wait(&st, cg.as_ref())?
+        }
         _ => return Err(wrong(id, status, "stop it first, or use delete --force")),
     }
-    // Processes outside a pid namespace may outlive the init.
-    if !cg.pids().unwrap_or_default().is_empty() {
-        let _ = cg.kill_all(libc::SIGKILL);
+    if let Some(cg) = &cg {
+        // Processes outside a pid namespace may outlive the init.
+        if !cg.pids().unwrap_or_default().is_empty() {
+            let _ = cg.kill_all(libc::SIGKILL);
+        }
+        cg.remove()?;
     }
-    cg.remove()?;
     if st.has_late_hooks && !st.stopped_hooks_done {
         let spec = dir.config().ok();
         let hs = HookState {
@@ -254,11 +262,13 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
     dir.remove()
 }
 
-fn kill_and_wait(st: &State, cg: &CgroupManager) -> Result<()> {
-    if cg.is_frozen().unwrap_or(false) {
-        let _ = cg.thaw();
+fn kill_and_wait(st: &State, cg: Option<&CgroupManager>) -> Result<()> {
+    if let Some(cg) = cg {
+        if cg.is_frozen().unwrap_or(false) {
+            let _ = cg.thaw();
+        }
+        let _ = cg.kill_all(libc::SIGKILL);
     }
-    let _ = cg.kill_all(libc::SIGKILL);
     if let Ok(pidfd) = sys::pidfd_open(st.pid) {
         if sys::process_start_time(st.pid) == Some(st.pid_start) {
             let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
@@ -275,7 +285,7 @@ pub fn pause(root: &Path, id: &str) -> Result<()> {
     if status != Status::Running && status != Status::Created {
         return Err(wrong(id, status, "only a running container can be paused"));
     }
-    Ok(CgroupManager::new(&st.cgroups_path)?.freeze()?)
+    Ok(st.cgroup("be paused")?.freeze()?)
 }
 
 pub fn resume(root: &Path, id: &str) -> Result<()> {
@@ -285,7 +295,7 @@ pub fn resume(root: &Path, id: &str) -> Result<()> {
     if status != Status::Paused {
         return Err(wrong(id, status, "only a paused container can be resumed"));
     }
-    Ok(CgroupManager::new(&st.cgroups_path)?.thaw()?)
+    Ok(st.cgroup("be resumed")?.thaw()?)
 }
 
 pub fn pids(root: &Path, id: &str) -> Result<Vec<i32>> {
@@ -295,7 +305,7 @@ pub fn pids(root: &Path, id: &str) -> Result<Vec<i32>> {
     if status == Status::Stopped {
         return Err(wrong(id, status, "a stopped container has no processes"));
     }
-    Ok(CgroupManager::new(&st.cgroups_path)?.pids()?)
+    Ok(st.cgroup("list its processes")?.pids()?)
 }
 
 /// Apply new limits and record them in the saved config.json, so the container's config
@@ -307,7 +317,7 @@ pub fn update(root: &Path, id: &str, resources: &LinuxResources) -> Result<()> {
     if status == Status::Stopped {
         return Err(wrong(id, status, "cannot update a stopped container"));
     }
-    let cg = CgroupManager::new(&st.cgroups_path)?;
+    let cg = st.cgroup("be updated")?;
     CgroupManager::validate(resources, cg.layout())?;
     cg.apply(resources)?;
     dir.merge_resources(resources)
@@ -341,7 +351,7 @@ pub fn events(
     if sys::process_start_time(st.pid) != Some(st.pid_start) {
         return Ok(());
     }
-    let cg = CgroupManager::new(&st.cgroups_path)?;
+    let cg = st.cgroup("report events")?;
     // Without a memory controller there are no OOM events to watch, only stats.
     let mut oom = cg.oom_watch().ok();
     let mut next_stats = std::time::Instant::now() + interval;
@@ -398,5 +408,5 @@ pub fn stats(root: &Path, id: &str) -> Result<(Status, vessel_cgroups::Stats)> {
     if status == Status::Stopped {
         return Err(wrong(id, status, "a stopped container has no stats"));
     }
-    Ok((status, CgroupManager::new(&st.cgroups_path)?.stats()?))
+    Ok((status, st.cgroup("report stats")?.stats()?))
 }

@@ -162,8 +162,8 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     )?;
     // Detached mounts and a reaped helper: nothing to undo on the host if a later step fails.
     let idmapped = crate::idmap::IdmappedMounts::prepare(&spec)?;
-    // Only a pure v2 host can place the child with CLONE_INTO_CGROUP; v1 and hybrid hosts
-    // need the parent to write the PID into every hierarchy.
+    // Only on a pure v2 host does CLONE_INTO_CGROUP place the child in all of its cgroup;
+    // elsewhere it still has v1 hierarchies to join after the clone.
     let into_cgroup = matches!(cgroup.layout(), vessel_cgroups::Layout::V2);
     let plan = NsPlan::new(&spec, into_cgroup)?;
     let console = match &opts.console_socket {
@@ -185,11 +185,17 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
             cgroup.apply(r)?;
         }
     }
-    let v2_fd: Option<OwnedFd> = if into_cgroup && have_cgroup {
-        cgroup.v2_dir_fd()?
+    // The unified hierarchy (v2, or a hybrid host's cgroup2) is joined at the clone. v1
+    // hierarchies are joined by the child itself — a thread moving itself needs no RCU
+    // grace period, a PID written by another process does (~10 ms) — unless it is in a
+    // user namespace, whose root may not write the host's cgroup files: then by us.
+    let unified_fd: Option<OwnedFd> = if have_cgroup {
+        cgroup.unified_dir_fd()?
     } else {
         None
     };
+    let v1_by_child = have_cgroup && !into_cgroup && !plan.enters_user_ns();
+    let v1_by_parent = have_cgroup && !into_cgroup && !v1_by_child;
     let fifo_path = dir.fifo_path();
     nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o600))
         .ctx(|| format!("create {}", fifo_path.display()))?;
@@ -214,11 +220,12 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         fifo: &fifo,
         prepared: &prepared,
         idmapped: &idmapped,
+        join_v1: v1_by_child.then_some(&cgroup),
         no_pivot: opts.no_pivot,
         no_new_keyring: opts.no_new_keyring,
         preserve_fds: opts.preserve_fds,
         bundle: &bundle_dir,
-        close_first: dir.lock_fd(),
+        close_first: [dir.lock_fd(), unified_fd.as_ref().map(|f| f.as_raw_fd())],
     };
 
     // SAFETY: vessel-runtime is single-threaded; the child only runs `init`.
@@ -230,7 +237,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
                 plan.clone_flags
             },
             0,
-            v2_fd.as_ref().map(|f| f.as_raw_fd()),
+            unified_fd.as_ref().map(|f| f.as_raw_fd()),
         )
     }
     .ctx(|| "clone the container process")?;
@@ -248,7 +255,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     undo.pid = Some(first_pid);
     drop(child_end);
     drop(fifo);
-    drop(v2_fd);
+    drop(unified_fd);
     drop(console);
     drop(idmapped);
 
@@ -283,12 +290,11 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         }
         first_pid
     };
-    // The child may start on its rootfs at once: the first move of a task into a v1 cgroup
-    // waits for an RCU grace period (~10 ms here), so it is done while the child works.
-    // The child waits for the Continue that follows before anything that needs its cgroup.
+    // The child builds its rootfs meanwhile; it waits for the Continue that follows
+    // before anything that needs its cgroup.
     parent_end.send(&Msg::Pid(pid))?;
-    if !into_cgroup && have_cgroup {
-        cgroup.add_task(pid)?;
+    if v1_by_parent {
+        cgroup.add_task_v1(pid)?;
     }
     if let Some(adj) = process.oom_score_adj() {
         std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string()).ctx(|| {
@@ -363,6 +369,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         annotations,
         pid_start: sys::process_start_time(pid).unwrap_or(0),
         cgroups_path: cg_path,
+        has_cgroup: have_cgroup,
         stopped_hooks_done: false,
         has_late_hooks: spec_hooks.is_some_and(|h| {
             h.poststart().as_ref().is_some_and(|v| !v.is_empty())

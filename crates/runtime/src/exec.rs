@@ -103,13 +103,21 @@ pub fn exec(opts: &ExecOptions) -> Result<i32> {
         });
     }
 
-    let cgroup = CgroupManager::new(&st.cgroups_path)?;
-    let into_cgroup = matches!(cgroup.layout(), vessel_cgroups::Layout::V2);
-    let cg_fd = if into_cgroup {
-        cgroup.v2_dir_fd()?
+    // The new process joins the container's cgroup like its init did: the unified
+    // hierarchy at the clone, v1 hierarchies by the helper moving itself (no RCU grace
+    // period), while it is still in the host's user namespace and may write their files.
+    let cgroup = if st.has_cgroup {
+        Some(CgroupManager::new(&st.cgroups_path)?)
     } else {
         None
     };
+    let cg_fd = match &cgroup {
+        Some(cg) => cg.unified_dir_fd()?,
+        None => None,
+    };
+    let join_v1 = cgroup
+        .as_ref()
+        .filter(|cg| cg.layout() != vessel_cgroups::Layout::V2);
     let console_sock = match &opts.console_socket {
         Some(c) => Some(c.connect()?),
         None => None,
@@ -129,6 +137,14 @@ pub fn exec(opts: &ExecOptions) -> Result<i32> {
         drop(parent_end);
         let result = (|| -> Result<i32> {
             nix::sys::prctl::set_dumpable(false).ctx(|| "prctl(PR_SET_DUMPABLE)")?;
+            if let Some(cg) = join_v1 {
+                cg.join_v1_self()?;
+            }
+            // The cgroup directory is outside the container: not a descriptor to carry in.
+            // (The helper leaves by _exit, so the OwnedFd is never closed twice.)
+            if let Some(fd) = &cg_fd {
+                let _ = nix::unistd::close(fd.as_raw_fd());
+            }
             for (t, fd) in &joined {
                 setns(fd.as_fd(), CloneFlags::empty())
                     .ctx(|| format!("join the container's {} namespace", ns_name(*t)))?;
@@ -188,9 +204,6 @@ pub fn exec(opts: &ExecOptions) -> Result<i32> {
         let _ = waitpid(Pid::from_raw(pid), None);
         e
     };
-    if !into_cgroup {
-        cgroup.add_task(pid).map_err(|e| undo(e.into()))?;
-    }
     parent_end.send(&Msg::Continue).map_err(undo)?;
     // The child's end is close-on-exec: EOF means execve succeeded.
     loop {

@@ -29,13 +29,16 @@ pub struct InitContext<'a> {
     pub console: Option<RawFd>,
     pub fifo: &'a OwnedFd,
     pub prepared: &'a Prepared,
+    /// Set when the init moves itself into its v1 cgroups (see `create`).
+    pub join_v1: Option<&'a vessel_cgroups::CgroupManager>,
     /// Id-mapped bind mounts prepared by the parent, attached while building the rootfs.
     pub idmapped: &'a crate::idmap::IdmappedMounts,
     pub no_pivot: bool,
     pub no_new_keyring: bool,
     pub preserve_fds: u32,
-    /// Descriptors of the parent the child must close first (the state dir lock).
-    pub close_first: Option<RawFd>,
+    /// Descriptors of the parent the child must close first: the state dir lock, and the
+    /// cgroup directory the clone placed it in (a directory outside the rootfs).
+    pub close_first: [Option<RawFd>; 2],
 }
 
 fn exit(code: i32) -> ! {
@@ -86,7 +89,7 @@ pub fn run(ctx: &InitContext) -> ! {
 }
 
 fn close_inherited(ctx: &InitContext) {
-    if let Some(fd) = ctx.close_first {
+    for fd in ctx.close_first.into_iter().flatten() {
         let _ = nix::unistd::close(fd);
     }
 }
@@ -121,10 +124,14 @@ fn setup(ctx: &InitContext) -> Result<Infallible> {
             .ctx(|| "setresuid(0) in the user namespace")?;
     }
     ctx.plan.late_unshare(spec)?;
-    // The parent moves us into our cgroup meanwhile; this waits for that, once.
+    // Into our cgroup — by ourselves or by the parent meanwhile — once, before the cgroup
+    // namespace, cgroup mounts, hooks or user code.
     let joined = std::cell::Cell::new(false);
     let join_cgroup = || -> Result<()> {
         if !joined.get() {
+            if let Some(cg) = ctx.join_v1 {
+                cg.join_v1_self()?;
+            }
             ctx.channel.expect(&Msg::Continue, "wait for the cgroup")?;
             ctx.plan.unshare_cgroupns()?;
             joined.set(true);
@@ -144,12 +151,7 @@ fn setup(ctx: &InitContext) -> Result<Infallible> {
         join_session_keyring(ctx.id);
     }
 
-    let in_userns = ctx.plan.new_user
-        || ctx
-            .plan
-            .joined
-            .iter()
-            .any(|(t, _)| *t == oci_spec::runtime::LinuxNamespaceType::User);
+    let in_userns = ctx.plan.enters_user_ns();
     let root = if ctx.plan.new_mount {
         Some(mounts::prepare(&RootfsContext {
             spec,

@@ -116,6 +116,15 @@ impl NsPlan {
         Ok(plan)
     }
 
+    /// Whether the init ends up in a user namespace other than the host's (new or joined).
+    pub fn enters_user_ns(&self) -> bool {
+        self.new_user
+            || self
+                .joined
+                .iter()
+                .any(|(t, _)| *t == LinuxNamespaceType::User)
+    }
+
     /// Enter every namespace that is joined by path (called in the child or intermediate).
     pub fn join_all(&self) -> Result<()> {
         for (t, fd) in &self.joined {

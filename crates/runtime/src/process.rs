@@ -414,12 +414,16 @@ pub fn load_seccomp(program: &vessel_seccomp::Program) -> Result<Option<OwnedFd>
 pub fn enter_cwd(process: &Process) -> Result<()> {
     let cwd = process.cwd();
     nix::unistd::chdir(cwd.as_path()).ctx(|| format!("process.cwd: chdir {}", cwd.display()))?;
-    let now = nix::unistd::getcwd().ctx(|| "getcwd")?;
-    if !now.is_absolute() || now.starts_with("(unreachable)") {
-        return Err(Error::Child(format!(
+    let outside = || {
+        Error::Child(format!(
             "process.cwd: {} resolves outside the container",
             cwd.display()
-        )));
+        ))
+    };
+    // getcwd fails with ENOENT when the directory is not reachable from our root.
+    let now = nix::unistd::getcwd().map_err(|_| outside())?;
+    if !now.is_absolute() || now.starts_with("(unreachable)") {
+        return Err(outside());
     }
     Ok(())
 }

@@ -35,6 +35,9 @@ pub struct State {
     /// /proc/PID/stat start time of the init, to detect PID reuse.
     pub pid_start: u64,
     pub cgroups_path: PathBuf,
+    /// False for a rootless container whose user may not create its cgroup.
+    #[serde(default = "yes")]
+    pub has_cgroup: bool,
     /// Set once `delete`/`run` has run the poststop hooks, so they never run twice.
     #[serde(default)]
     pub stopped_hooks_done: bool,
@@ -76,6 +79,21 @@ pub struct StateDir {
     pub dir: PathBuf,
     /// Held for the lifetime of this value (flock on the directory).
     _lock: Option<OwnedFd>,
+}
+
+impl State {
+    /// The container's cgroup, for an operation that needs one (`action` says which).
+    pub fn cgroup(&self, action: &str) -> Result<vessel_cgroups::CgroupManager> {
+        if !self.has_cgroup {
+            return Err(Error::WrongState {
+                id: self.id.clone(),
+                status: "without a cgroup (created rootless, with no cgroup its user may create)"
+                    .into(),
+                action: format!("cannot {action}"),
+            });
+        }
+        Ok(vessel_cgroups::CgroupManager::new(&self.cgroups_path)?)
+    }
 }
 
 impl StateDir {
@@ -199,9 +217,10 @@ impl StateDir {
         if self.fifo_path().exists() {
             return Status::Created;
         }
-        let frozen = vessel_cgroups::CgroupManager::new(&state.cgroups_path)
-            .and_then(|m| m.is_frozen())
-            .unwrap_or(false);
+        let frozen = state.has_cgroup
+            && vessel_cgroups::CgroupManager::new(&state.cgroups_path)
+                .and_then(|m| m.is_frozen())
+                .unwrap_or(false);
         if frozen {
             Status::Paused
         } else {

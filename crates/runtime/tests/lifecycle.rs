@@ -61,11 +61,17 @@ fn create_start_state_kill_delete() {
         env.bundle.canonicalize().unwrap().to_str().unwrap()
     );
     assert!(st["created"].as_str().unwrap().ends_with('Z'));
-    // The init is in its cgroup before any user code runs.
-    let procs = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/{cg}/cgroup.procs"))
-        .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/{cg}/cgroup.procs")))
-        .unwrap();
-    assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
+    // The init is in its cgroup, in every hierarchy, before any user code runs.
+    let dirs = cgroup_dirs(&cg);
+    assert!(!dirs.is_empty());
+    for dir in dirs {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        assert!(
+            procs.lines().any(|l| l == pid.to_string()),
+            "{pid} not in {}: {procs}",
+            dir.display()
+        );
+    }
 
     // A second create with the same id is refused and does not disturb the first.
     let o = rt_out(

@@ -110,6 +110,12 @@ fn unprivileged_user_runs_a_rootless_container() {
     let o = user_rt(&["state", &id]);
     let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(st["status"], "running", "{st}");
+    let o = user_rt(&["exec", &id, "sh", "-c", "echo exec-as-$(id -u)"]);
+    assert!(o.status.success(), "exec: {}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "exec-as-0");
+    let o = user_rt(&["pause", &id]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("without a cgroup"), "{}", stderr(&o));
     let o = user_rt(&["kill", &id, "KILL"]);
     assert!(o.status.success(), "kill: {}", stderr(&o));
     let o = user_rt(&["delete", "--force", &id]);
