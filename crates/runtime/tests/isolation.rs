@@ -388,6 +388,26 @@ fn assert_refused_as_unsupported(code: i32, err: &str) {
     assert!(err.contains("must support id-mapped mounts"), "{err}");
 }
 
+/// Run the container and return its output — or, where the kernel cannot id-map the
+/// source's filesystem, check the refusal and return None.
+fn run_idmapped(env: &TestEnv, cfg: &serde_json::Value, src: &std::path::Path) -> Option<String> {
+    let id = unique("idmap");
+    let cg = cfg["linux"]["cgroupsPath"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches('/')
+        .to_string();
+    env.write_config(cfg);
+    let (code, out, err) = run_container(env, &id);
+    assert_gone(env, &id, &cg);
+    if idmap_unsupported_at(src) {
+        assert_refused_as_unsupported(code, &err);
+        return None;
+    }
+    assert_eq!(code, 0, "{err}");
+    Some(out)
+}
+
 /// Files owned by host ids 0 and 1000 seen through plain and id-mapped binds from a container
 /// whose user namespace maps 0-65535 to 100000-165535: only the id-mapped view shows them as
 /// their owners; "ridmap" maps the submounts of an rbind too, "idmap" only the top mount.
@@ -403,7 +423,6 @@ fn idmapped_mounts_inside_a_user_namespace() {
     std::fs::write(sub.0.join("in-sub"), "s").unwrap();
     chown(&sub.0.join("in-sub"), 1000, 1000);
 
-    let id = unique("idmap");
     let cg = unique("cg");
     let mut cfg = busybox_config(
         &[
@@ -448,13 +467,9 @@ fn idmapped_mounts_inside_a_user_namespace() {
         json!({"destination": "/rec", "type": "bind", "source": src_s,
                        "options": ["rbind", "ridmap"]}),
     );
-    env.write_config(&cfg);
-    let (code, out, err) = run_container(&env, &id);
-    assert_gone(&env, &id, &cg);
-    if idmap_unsupported_at(&src) {
-        return assert_refused_as_unsupported(code, &err);
-    }
-    assert_eq!(code, 0, "{err}");
+    let Some(out) = run_idmapped(&env, &cfg, &src) else {
+        return;
+    };
     let owner = |path: &str| {
         out.lines()
             .find_map(|l| l.strip_prefix(&format!("{path} ")))
@@ -482,19 +497,14 @@ fn idmapped_mount_without_a_user_namespace() {
     let src = env.tmp.path().join("idmap-src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("f"), "x").unwrap();
-    let id = unique("idmap");
     let cg = unique("cg");
     let mut cfg = busybox_config(&["stat", "-c", "%u:%g", "/m/f"], &cg);
     let maps = json!([{"containerID": 0, "hostID": 4242, "size": 1}]);
     cfg["mounts"].as_array_mut().unwrap().push(json!({
         "destination": "/m", "type": "bind", "source": src.to_str().unwrap(),
         "options": ["bind", "ro"], "uidMappings": maps, "gidMappings": maps}));
-    env.write_config(&cfg);
-    let (code, out, err) = run_container(&env, &id);
-    assert_gone(&env, &id, &cg);
-    if idmap_unsupported_at(&src) {
-        return assert_refused_as_unsupported(code, &err);
-    }
-    assert_eq!(code, 0, "{err}");
+    let Some(out) = run_idmapped(&env, &cfg, &src) else {
+        return;
+    };
     assert_eq!(out.trim(), "4242:4242");
 }

@@ -56,15 +56,18 @@ fn unprivileged_user_runs_a_rootless_container() {
     env.write_config(&cfg);
 
     let id = unique("rootless");
-    let o = vessel_testkit::run_via_files(
-        as_user(
-            std::process::Command::new(RT)
-                .arg("--root")
-                .arg(&root)
-                .args(["run", "--bundle", env.bundle.to_str().unwrap(), &id]),
-        ),
-        &out_dir,
-    );
+    let user_rt = |args: &[&str]| {
+        vessel_testkit::run_via_files(
+            as_user(
+                std::process::Command::new(RT)
+                    .arg("--root")
+                    .arg(&root)
+                    .args(args),
+            ),
+            &out_dir,
+        )
+    };
+    let o = user_rt(&["run", "--bundle", env.bundle.to_str().unwrap(), &id]);
     let out = stdout(&o);
     assert_eq!(
         o.status.code(),
@@ -94,17 +97,6 @@ fn unprivileged_user_runs_a_rootless_container() {
     // Detached, then state, kill and delete: the same lifecycle without a cgroup.
     cfg["process"]["args"] = serde_json::json!(["sleep", "1000"]);
     env.write_config(&cfg);
-    let user_rt = |args: &[&str]| {
-        vessel_testkit::run_via_files(
-            as_user(
-                std::process::Command::new(RT)
-                    .arg("--root")
-                    .arg(&root)
-                    .args(args),
-            ),
-            &out_dir,
-        )
-    };
     let o = user_rt(&["run", "-d", "--bundle", env.bundle.to_str().unwrap(), &id]);
     assert!(o.status.success(), "run -d: {}", stderr(&o));
     let o = user_rt(&["state", &id]);
@@ -133,15 +125,7 @@ fn unprivileged_user_runs_a_rootless_container() {
     // silently unenforced limit.
     cfg["linux"]["resources"] = serde_json::json!({"pids": {"limit": 10}});
     env.write_config(&cfg);
-    let o = vessel_testkit::run_via_files(
-        as_user(
-            std::process::Command::new(RT)
-                .arg("--root")
-                .arg(&root)
-                .args(["run", "--bundle", env.bundle.to_str().unwrap(), &id]),
-        ),
-        &out_dir,
-    );
+    let o = user_rt(&["run", "--bundle", env.bundle.to_str().unwrap(), &id]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("linux.resources"), "{}", stderr(&o));
     assert!(!root.join(&id).exists(), "state dir left behind");
