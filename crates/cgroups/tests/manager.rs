@@ -399,12 +399,25 @@ fn pids_stats_kill_all_and_remove() {
         assert!(pids.contains(&p), "{p} not in {pids:?}");
     }
 
-    let stats = serde_json::to_value(cg.m.stats().unwrap()).unwrap();
-    assert_eq!(
-        stats.pointer("/pids/current"),
-        Some(&json!(pids.len())),
-        "{stats}"
-    );
+    // The shells may still be forking their last command: compare counts once the set of
+    // processes holds still across the stats read.
+    let mut stats = serde_json::Value::Null;
+    let mut compared = false;
+    for _ in 0..100 {
+        let before = cg.m.pids().unwrap();
+        stats = serde_json::to_value(cg.m.stats().unwrap()).unwrap();
+        if cg.m.pids().unwrap() == before {
+            assert_eq!(
+                stats.pointer("/pids/current"),
+                Some(&json!(before.len())),
+                "{stats}"
+            );
+            compared = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(compared, "the cgroup's processes never held still");
     assert_eq!(stats.pointer("/pids/limit"), Some(&json!(50)), "{stats}");
     assert_eq!(
         stats.pointer("/memory/usage/limit"),
