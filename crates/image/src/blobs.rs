@@ -168,6 +168,12 @@ impl BlobWriter {
         self.size
     }
 
+    /// The digest of what was written so far (the writer is the one place those bytes are
+    /// hashed while pulling).
+    pub fn digest(&self) -> Digest {
+        Digest::from_sha256(self.hasher.clone())
+    }
+
     /// Verifies and renames into place. Layer data is not fsynced: a pull would otherwise be
     /// bound by the disk's flush rate, and the database (written after this) is what says
     /// a blob belongs to an image; a torn blob fails its digest check on next use.

@@ -104,7 +104,9 @@ impl<'de> serde::Deserialize<'de> for Digest {
 /// streaming, not after it has filled the disk.
 pub struct HashingReader<R> {
     inner: R,
-    hasher: Sha256,
+    /// `None` when the same bytes are hashed elsewhere (a blob writer); hashing them twice
+    /// would cost a pull several percent of its CPU.
+    hasher: Option<Sha256>,
     count: u64,
     limit: Option<u64>,
     what: String,
@@ -114,10 +116,18 @@ impl<R: Read> HashingReader<R> {
     pub fn new(inner: R, limit: Option<u64>, what: impl Into<String>) -> Self {
         HashingReader {
             inner,
-            hasher: Sha256::new(),
+            hasher: Some(Sha256::new()),
             count: 0,
             limit,
             what: what.into(),
+        }
+    }
+
+    /// Counts and limits only; `finish` then yields no digest.
+    pub fn counting(inner: R, limit: Option<u64>, what: impl Into<String>) -> Self {
+        HashingReader {
+            hasher: None,
+            ..Self::new(inner, limit, what)
         }
     }
 
@@ -127,21 +137,23 @@ impl<R: Read> HashingReader<R> {
 
     /// Reads whatever is left (trailing tar padding, bytes after the gzip stream) so that the
     /// digest covers the whole blob, then returns the digest and size.
-    pub fn finish(self) -> io::Result<(Digest, u64)> {
+    pub fn finish(self) -> io::Result<(Option<Digest>, u64)> {
         self.finish_into_inner().map(|(d, n, _)| (d, n))
     }
 
     /// Like `finish`, and gives the inner reader back.
-    pub fn finish_into_inner(mut self) -> io::Result<(Digest, u64, R)> {
+    pub fn finish_into_inner(mut self) -> io::Result<(Option<Digest>, u64, R)> {
         io::copy(&mut self, &mut io::sink())?;
-        Ok((Digest::from_sha256(self.hasher), self.count, self.inner))
+        Ok((self.hasher.map(Digest::from_sha256), self.count, self.inner))
     }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
         self.count += n as u64;
         if let Some(limit) = self.limit {
             if self.count > limit {
@@ -196,6 +208,8 @@ mod tests {
         let r = HashingReader::new(&b"hello"[..], Some(5), "blob");
         let (d, n) = r.finish().unwrap();
         assert_eq!(n, 5);
-        assert_eq!(d, Digest::of_bytes(b"hello"));
+        assert_eq!(d, Some(Digest::of_bytes(b"hello")));
+        let r = HashingReader::counting(&b"hello"[..], Some(5), "blob");
+        assert_eq!(r.finish().unwrap(), (None, 5));
     }
 }

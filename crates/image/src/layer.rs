@@ -104,14 +104,16 @@ pub fn unpack_layer(
         None => "layer".to_string(),
     };
     let limit = input.blob.as_ref().map(|(_, s)| *s);
-    let mut outer = HashingReader::new(
-        Tee {
-            inner: source,
-            sink: input.store_blob,
-        },
-        limit,
-        what.clone(),
-    );
+    // Each stream is hashed once: by the blob writer that stores it, or here.
+    let outer_source = Tee {
+        inner: source,
+        sink: input.store_blob,
+    };
+    let mut outer = if outer_source.sink.is_some() {
+        HashingReader::counting(outer_source, limit, what.clone())
+    } else {
+        HashingReader::new(outer_source, limit, what.clone())
+    };
     // Two threads per layer: this one reads, hashes, stores and inflates; the second
     // hashes the tar and unpacks it. A single layer then uses two cores, which matters at
     // the tail of a pull, when one big layer is left.
@@ -120,35 +122,44 @@ pub fn unpack_layer(
         decompress_with(BufReader::with_capacity(256 * 1024, &mut outer), check_crc)?;
     let store_diff = input.store_diff;
     let (compression, diff_id, diff_size, stats, diff_sink) = std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
+        // Emptied chunks come back for reuse: no allocation or zeroing per MiB.
+        let (back_tx, back_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT + 2);
         let unpacker = scope.spawn({
             let what = what.clone();
             move || -> Result<_> {
-                let mut inner = HashingReader::new(
-                    Tee {
-                        inner: ChunkReader {
-                            rx,
-                            cur: Vec::new(),
-                            pos: 0,
-                        },
-                        sink: store_diff,
+                let inner_source = Tee {
+                    inner: ChunkReader {
+                        rx,
+                        back: back_tx,
+                        cur: Vec::new(),
+                        pos: 0,
                     },
-                    None,
-                    what.clone(),
-                );
+                    sink: store_diff,
+                };
+                let mut inner = if inner_source.sink.is_some() {
+                    HashingReader::counting(inner_source, None, what.clone())
+                } else {
+                    HashingReader::new(inner_source, None, what.clone())
+                };
                 // tar reads 512-byte headers; buffered here so they cost no channel trips.
                 let stats = unpack::unpack(
                     BufReader::with_capacity(256 * 1024, &mut inner),
                     snap.fs_path(),
                     opts,
                 )?;
-                let (diff_id, diff_size, tee) = inner
+                let (digest, diff_size, tee) = inner
                     .finish_into_inner()
                     .map_err(|e| from_io(format!("{what}: reading"), e))?;
+                let diff_id = match (digest, &tee.sink) {
+                    (Some(d), _) => d,
+                    (None, Some(w)) => w.digest(),
+                    (None, None) => return Err(Error::malformed(what, "tar stream not hashed")),
+                };
                 Ok((diff_id, diff_size, stats, tee.sink))
             }
         });
-        let fed = feed(decoded, &tx);
+        let fed = feed(decoded, &tx, &back_rx);
         drop(tx);
         let unpacked = unpacker
             .join()
@@ -164,9 +175,14 @@ pub fn unpack_layer(
             (Ok(()), Ok((d, n, st, sink))) => Ok((compression, d, n, st, sink)),
         }
     })?;
-    let (blob, blob_size, tee) = outer
+    let (digest, blob_size, tee) = outer
         .finish_into_inner()
         .map_err(|e| from_io(format!("{what}: reading"), e))?;
+    let blob = match (digest, &tee.sink) {
+        (Some(d), _) => d,
+        (None, Some(w)) => w.digest(),
+        (None, None) => return Err(Error::malformed(what, "layer stream not hashed")),
+    };
     if let Some((d, size)) = &input.blob {
         if *size != blob_size {
             return Err(Error::SizeMismatch {
@@ -210,16 +226,26 @@ pub fn unpack_layer(
     })
 }
 
+/// Decompressed chunks queued between the two threads of a layer: enough to ride out
+/// a burst of small files on the unpack side without holding much memory.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
 enum FeedError {
     Read(io::Error),
     Closed,
 }
 
-/// Reads the decompressed stream in large chunks and hands them to the unpack thread.
-fn feed(mut r: impl Read, tx: &std::sync::mpsc::SyncSender<Vec<u8>>) -> Result<(), FeedError> {
+/// Reads the decompressed stream in large chunks and hands them to the unpack thread,
+/// reusing the chunks it sends back.
+fn feed(
+    mut r: impl Read,
+    tx: &std::sync::mpsc::SyncSender<Vec<u8>>,
+    back: &std::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<(), FeedError> {
     const CHUNK: usize = 1 << 20;
     loop {
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = back.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
+        buf.resize(CHUNK, 0);
         let mut filled = 0;
         while filled < CHUNK {
             match r.read(&mut buf[filled..]) {
@@ -240,6 +266,7 @@ fn feed(mut r: impl Read, tx: &std::sync::mpsc::SyncSender<Vec<u8>>) -> Result<(
 /// The unpack thread's end of the channel.
 struct ChunkReader {
     rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    back: std::sync::mpsc::SyncSender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
 }
@@ -249,7 +276,11 @@ impl Read for ChunkReader {
         while self.pos == self.cur.len() {
             match self.rx.recv() {
                 Ok(c) => {
-                    self.cur = c;
+                    let done = std::mem::replace(&mut self.cur, c);
+                    if done.capacity() > 0 {
+                        // Full or closed: the feeder allocates instead, which is fine.
+                        let _ = self.back.try_send(done);
+                    }
                     self.pos = 0;
                 }
                 Err(_) => return Ok(0),

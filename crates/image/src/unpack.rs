@@ -73,6 +73,9 @@ pub fn unpack(reader: impl Read, root: &Path, opts: &UnpackOptions) -> Result<Un
         dirs: Vec::new(),
         buf: vec![0; COPY_BUF],
         parent_cache: None,
+        umask: current_umask(),
+        euid: rustix::process::geteuid().as_raw(),
+        egid: rustix::process::getegid().as_raw(),
     };
     let mut archive = tar::Archive::new(reader);
     let entries = archive
@@ -96,7 +99,34 @@ struct Unpacker {
     /// The last parent directory opened, by path: tar lists a directory's files together,
     /// so this saves re-resolving the same path for every file. Dropped whenever anything
     /// is removed, the only way an already-resolved path could come to mean another place.
-    parent_cache: Option<(Vec<Vec<u8>>, std::rc::Rc<OwnedFd>)>,
+    parent_cache: Option<(Vec<Vec<u8>>, std::rc::Rc<Parent>)>,
+    /// The process umask, to know when a file created with its mode needs no chmod.
+    umask: Option<u32>,
+    euid: u32,
+    egid: u32,
+}
+
+/// An open parent directory, with the group new entries get in it (its own when it is
+/// set-group-ID, else ours), so an owner that already matches needs no chown.
+struct Parent {
+    fd: OwnedFd,
+    new_gid: u32,
+}
+
+/// Which metadata calls an entry still needs. A file just created by us already has our
+/// owner, and its mode too when neither the umask nor set-id bits got in the way; skipping
+/// those calls saves two syscalls a file on the usual root-owned layer.
+#[derive(Clone, Copy)]
+struct Fixups {
+    chown: bool,
+    chmod: bool,
+}
+
+impl Fixups {
+    const ALL: Fixups = Fixups {
+        chown: true,
+        chmod: true,
+    };
 }
 
 /// What an entry is, parsed from the header before anything touches the disk.
@@ -126,7 +156,7 @@ impl Unpacker {
         let Some((name, parent)) = comps.split_last() else {
             // "./" — the layer's root directory itself.
             if kind.is_dir() {
-                self.apply_meta(self.root.as_fd(), None, &meta, &shown, true)?;
+                self.apply_meta(Target::Fd(self.root.as_fd()), &meta, &shown, Fixups::ALL)?;
                 self.dirs.push((Vec::new(), meta.times));
                 return Ok(());
             }
@@ -135,8 +165,8 @@ impl Unpacker {
                 "names the layer root but is not a directory",
             ));
         };
-        let parent_fd = self.parent_dir(parent, &shown)?;
-        let parent_fd = parent_fd.as_fd();
+        let parent_dir = self.parent_dir(parent, &shown)?;
+        let parent_fd = parent_dir.fd.as_fd();
 
         if name.starts_with(WHITEOUT_PREFIX) {
             return self.whiteout(parent_fd, name, &shown);
@@ -156,11 +186,10 @@ impl Unpacker {
                 }
                 let dir = open_beneath(parent_fd, name, true)
                     .map_err(|e| errno_err(&shown, "opening directory", e))?;
-                self.apply_meta(dir.as_fd(), None, &meta, &shown, true)?;
+                self.apply_meta(Target::Fd(dir.as_fd()), &meta, &shown, Fixups::ALL)?;
                 self.dirs.push((comps.join(&b'/'), meta.times));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                self.replace(parent_fd, name, &shown)?;
                 let size = entry.header().size().unwrap_or(0);
                 self.stats.bytes = self.stats.bytes.saturating_add(size);
                 if self.stats.bytes > self.opts.max_bytes {
@@ -168,21 +197,22 @@ impl Unpacker {
                         limit: self.opts.max_bytes,
                     });
                 }
-                let fd = rustix::fs::openat(
-                    parent_fd,
-                    OsStr::from_bytes(name),
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
+                // Created with its final permissions; an existing entry (an earlier one of
+                // the same name) is replaced, as tar does.
+                let perm = meta.mode & 0o777;
+                let fd = match create_file(parent_fd, name, perm) {
+                    Err(Errno::EXIST) => {
+                        self.remove(parent_fd, name, &shown)?;
+                        create_file(parent_fd, name, perm)
+                    }
+                    r => r,
+                }
                 .map_err(|e| errno_err(&shown, "creating file", e))?;
                 let mut file = File::from(fd);
                 copy(&mut entry, &mut file, &mut self.buf)
                     .map_err(|e| crate::error::from_io(format!("layer entry {shown:?}"), e))?;
-                self.apply_meta(file.as_fd(), None, &meta, &shown, false)?;
+                let fix = self.fixups(&meta, parent_dir.new_gid);
+                self.apply_meta(Target::Fd(file.as_fd()), &meta, &shown, fix)?;
                 rustix::fs::futimens(&file, &meta.times)
                     .map_err(|e| errno_err(&shown, "setting times", e))?;
             }
@@ -190,15 +220,24 @@ impl Unpacker {
                 let target = entry
                     .link_name_bytes()
                     .ok_or_else(|| Error::hostile(&shown, "symlink without a target"))?;
-                self.replace(parent_fd, name, &shown)?;
                 // The target is only data here; it is never followed while unpacking.
-                rustix::fs::symlinkat(
-                    OsStr::from_bytes(&target),
-                    parent_fd,
-                    OsStr::from_bytes(name),
-                )
+                let link = || {
+                    rustix::fs::symlinkat(
+                        OsStr::from_bytes(&target),
+                        parent_fd,
+                        OsStr::from_bytes(name),
+                    )
+                };
+                match link() {
+                    Err(Errno::EXIST) => {
+                        self.remove(parent_fd, name, &shown)?;
+                        link()
+                    }
+                    r => r,
+                }
                 .map_err(|e| errno_err(&shown, "creating symlink", e))?;
-                self.apply_meta(parent_fd, Some(name), &meta, &shown, false)?;
+                let fix = self.fixups(&meta, parent_dir.new_gid);
+                self.apply_meta(Target::Link(parent_fd, name), &meta, &shown, fix)?;
             }
             tar::EntryType::Link => {
                 let target = entry
@@ -263,7 +302,7 @@ impl Unpacker {
                     rustix::fs::makedev(major, minor),
                 )
                 .map_err(|e| errno_err(&shown, "creating device node", e))?;
-                self.apply_meta(parent_fd, Some(name), &meta, &shown, false)?;
+                self.apply_meta(Target::Node(parent_fd, name), &meta, &shown, Fixups::ALL)?;
             }
             other => {
                 return Err(Error::Unsupported {
@@ -330,43 +369,43 @@ impl Unpacker {
         })
     }
 
+    /// What an entry still needs after being created: chown and chmod unless it already
+    /// has the owner and mode asked for.
+    fn fixups(&self, meta: &Meta, new_gid: u32) -> Fixups {
+        Fixups {
+            chown: self.opts.preserve_owners && (meta.uid, meta.gid) != (self.euid, new_gid),
+            chmod: meta.mode & 0o7000 != 0 || self.umask.is_none_or(|u| meta.mode & u != 0),
+        }
+    }
+
     /// Owner, then mode (chown clears set-id bits), then xattrs; symlink/device entries are
     /// addressed by (parent, name) since they cannot be opened for writing.
-    fn apply_meta(
-        &self,
-        fd: BorrowedFd<'_>,
-        name: Option<&[u8]>,
-        meta: &Meta,
-        shown: &str,
-        is_dir: bool,
-    ) -> Result<()> {
-        let owner = self
-            .opts
-            .preserve_owners
+    fn apply_meta(&self, target: Target<'_>, meta: &Meta, shown: &str, fix: Fixups) -> Result<()> {
+        let owner = (self.opts.preserve_owners && fix.chown)
             .then(|| (Uid::from_raw(meta.uid), Gid::from_raw(meta.gid)));
-        match name {
-            None => {
+        match target {
+            Target::Fd(fd) => {
                 if let Some((u, g)) = owner {
                     rustix::fs::fchown(fd, Some(u), Some(g))
                         .map_err(|e| errno_err(shown, "chown", e))?;
                 }
-                rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))
-                    .map_err(|e| errno_err(shown, "chmod", e))?;
+                if fix.chmod {
+                    rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))
+                        .map_err(|e| errno_err(shown, "chmod", e))?;
+                }
                 for (k, v) in &meta.xattrs {
                     rustix::fs::fsetxattr(fd, k.as_str(), v, XattrFlags::empty())
                         .map_err(|e| errno_err(shown, &format!("setting xattr {k}"), e))?;
                 }
-                let _ = is_dir;
             }
-            Some(name) => {
+            Target::Link(fd, name) | Target::Node(fd, name) => {
+                let is_link = matches!(target, Target::Link(..));
                 let n = OsStr::from_bytes(name);
                 if let Some((u, g)) = owner {
                     rustix::fs::chownat(fd, n, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW)
                         .map_err(|e| errno_err(shown, "chown", e))?;
                 }
-                let st = rustix::fs::statat(fd, n, AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| errno_err(shown, "stat", e))?;
-                let is_link = FileType::from_raw_mode(st.st_mode) == FileType::Symlink;
+                // A symlink's own mode means nothing (and chmod would follow it).
                 if !is_link {
                     rustix::fs::chmodat(fd, n, Mode::from_raw_mode(meta.mode), AtFlags::empty())
                         .map_err(|e| errno_err(shown, "chmod", e))?;
@@ -422,21 +461,39 @@ impl Unpacker {
     /// Removes whatever is at `name` so a later entry replaces an earlier one (tar semantics).
     fn replace(&mut self, parent: BorrowedFd<'_>, name: &[u8], shown: &str) -> Result<()> {
         if stat_at(parent, name).is_some() {
-            self.parent_cache = None;
-            remove_at(parent, name, shown)?;
+            self.remove(parent, name, shown)?;
         }
         Ok(())
     }
 
-    fn parent_dir(&mut self, comps: &[Vec<u8>], shown: &str) -> Result<std::rc::Rc<OwnedFd>> {
-        if let Some((path, fd)) = &self.parent_cache {
+    /// Removes an existing entry; the parent cache goes too, since a removed directory
+    /// could be the cached one or lie on its path.
+    fn remove(&mut self, parent: BorrowedFd<'_>, name: &[u8], shown: &str) -> Result<()> {
+        self.parent_cache = None;
+        remove_at(parent, name, shown)
+    }
+
+    fn parent_dir(&mut self, comps: &[Vec<u8>], shown: &str) -> Result<std::rc::Rc<Parent>> {
+        if let Some((path, p)) = &self.parent_cache {
             if path.as_slice() == comps {
-                return Ok(fd.clone());
+                return Ok(p.clone());
             }
         }
-        let fd = std::rc::Rc::new(self.open_dir(comps, shown)?);
-        self.parent_cache = Some((comps.to_vec(), fd.clone()));
-        Ok(fd)
+        let fd = self.open_dir(comps, shown)?;
+        // Only chown decisions need the group; without them the stat is saved too.
+        let new_gid = if self.opts.preserve_owners {
+            let st = rustix::fs::fstat(&fd).map_err(|e| errno_err(shown, "stat parent", e))?;
+            if st.st_mode & 0o2000 != 0 {
+                st.st_gid
+            } else {
+                self.egid
+            }
+        } else {
+            self.egid
+        };
+        let p = std::rc::Rc::new(Parent { fd, new_gid });
+        self.parent_cache = Some((comps.to_vec(), p.clone()));
+        Ok(p)
     }
 
     /// Opens (creating if missing, as tar does) the directory at `comps`, refusing any path
@@ -494,6 +551,32 @@ impl Unpacker {
         }
         Ok(())
     }
+}
+
+/// What metadata is applied to: an open file or directory, or a name in a directory (for
+/// symlinks and device nodes, which cannot be opened for writing).
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Fd(BorrowedFd<'a>),
+    Link(BorrowedFd<'a>, &'a [u8]),
+    Node(BorrowedFd<'a>, &'a [u8]),
+}
+
+fn create_file(parent: BorrowedFd<'_>, name: &[u8], perm: u32) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        parent,
+        OsStr::from_bytes(name),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(perm),
+    )
+}
+
+/// The umask, read without changing it (umask(2) can only be read by setting it, which
+/// would race with other threads creating files). `None` on kernels before 4.7.
+fn current_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
 }
 
 /// Splits a tar path into components, refusing absolute paths and `..` outright: no

@@ -130,6 +130,121 @@ fn good_layer_keeps_metadata() {
     }
 }
 
+/// An entry with its own owner (RawTar's are 0:0).
+fn owned_entry(
+    t: &mut RawTar,
+    name: &str,
+    kind: EntryType,
+    link: &str,
+    mode: u32,
+    ids: (u64, u64),
+) {
+    let mut h = tar::Header::new_gnu();
+    h.set_path(name).unwrap();
+    if !link.is_empty() {
+        h.set_link_name(link).unwrap();
+    }
+    h.set_size(0);
+    h.set_mode(mode);
+    h.set_uid(ids.0);
+    h.set_gid(ids.1);
+    h.set_mtime(1_000_000_000);
+    h.set_entry_type(kind);
+    h.set_cksum();
+    t.header(&h, b"");
+}
+
+/// Files are created with their final mode and skip chown/chmod when nothing needs fixing
+/// up; whatever the umask, set-id bits, setgid directories and replaced entries, the result
+/// must be exactly what the tar says.
+#[test]
+fn modes_and_owners_come_out_exact() {
+    let sb = Sandbox::new();
+    let mut t = RawTar::new();
+    for (name, mode) in [
+        ("rw", 0o666),
+        ("x", 0o777),
+        ("none", 0o000),
+        ("sgid", 0o2755),
+    ] {
+        t.entry(name, EntryType::Regular, "", b"a", mode);
+    }
+    t.entry("plain", EntryType::Regular, "", b"first", 0o644);
+    t.entry("plain", EntryType::Regular, "", b"second", 0o600);
+    t.symlink("l", "first").symlink("l", "second");
+    owned_entry(
+        &mut t,
+        "shared/",
+        EntryType::Directory,
+        "",
+        0o2775,
+        (0, 4242),
+    );
+    owned_entry(&mut t, "shared/root", EntryType::Regular, "", 0o644, (0, 0));
+    owned_entry(
+        &mut t,
+        "shared/group",
+        EntryType::Regular,
+        "",
+        0o644,
+        (0, 4242),
+    );
+    owned_entry(
+        &mut t,
+        "shared/user",
+        EntryType::Regular,
+        "",
+        0o644,
+        (1000, 1000),
+    );
+    owned_entry(
+        &mut t,
+        "shared/link",
+        EntryType::Symlink,
+        "root",
+        0o777,
+        (0, 0),
+    );
+    owned_entry(
+        &mut t,
+        "ulink",
+        EntryType::Symlink,
+        "x",
+        0o777,
+        (1000, 1001),
+    );
+    sb.unpack(&t.finish()).unwrap();
+    let s = sb.snap();
+    let meta = |p: &str| std::fs::symlink_metadata(s.join(p)).unwrap();
+    let mode = |p: &str| meta(p).permissions().mode() & 0o7777;
+    assert_eq!(mode("rw"), 0o666);
+    assert_eq!(mode("x"), 0o777);
+    assert_eq!(mode("none"), 0o000);
+    assert_eq!(mode("plain"), 0o600);
+    assert_eq!(std::fs::read(s.join("plain")).unwrap(), b"second");
+    assert_eq!(
+        std::fs::read_link(s.join("l")).unwrap(),
+        Path::new("second")
+    );
+    assert_eq!(meta("ulink").mtime(), 1_000_000_000);
+    if is_root() {
+        assert_eq!(mode("sgid"), 0o2755);
+        assert_eq!(mode("shared"), 0o2775);
+        let ids = |p: &str| (meta(p).uid(), meta(p).gid());
+        assert_eq!(ids("shared"), (0, 4242));
+        assert_eq!(
+            ids("shared/root"),
+            (0, 0),
+            "not the setgid directory's group"
+        );
+        assert_eq!(ids("shared/group"), (0, 4242));
+        assert_eq!(ids("shared/user"), (1000, 1000));
+        assert_eq!(ids("shared/link"), (0, 0));
+        assert_eq!(ids("ulink"), (1000, 1001));
+        assert_eq!(ids("plain"), (0, 0));
+    }
+}
+
 fn xattr_get(p: &Path, name: &str) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 256];
     let n = rustix::fs::lgetxattr(p, name, &mut buf).map_err(std::io::Error::from)?;

@@ -20,8 +20,9 @@ use crate::reference::Reference;
 use crate::store::Store;
 use crate::stream::ChannelReader;
 
-/// How many layers download at once (docker's default is 3).
-pub const DEFAULT_CONCURRENCY: usize = 3;
+/// How many layers download at once: podman's and skopeo's 6 rather than docker's 3, so the
+/// layers of most images start together and no one big layer is left alone at the end.
+pub const DEFAULT_CONCURRENCY: usize = 6;
 
 #[derive(Clone, Debug)]
 pub enum PullEvent {
