@@ -506,9 +506,25 @@ fn images_all_adds_intermediate_images_and_dangling_ones_show_as_none() {
         std::slice::from_ref(&child)
     );
 
+    // As in docker: a parent cannot be removed under its child, and prune keeps it.
+    let e = v.out(&["rmi", "-f", &base]);
+    let err = String::from_utf8_lossy(&e.stderr);
+    assert!(
+        !e.status.success() && err.contains("image has dependent child images"),
+        "{err}"
+    );
+    let pruned = v.ok(&["image", "prune", "-f"]);
+    assert!(
+        pruned.contains(&format!("deleted: sha256:{lone}")) && !pruned.contains(&base),
+        "{pruned}"
+    );
+    assert_eq!(lines(&["images", "-a", "-q"]), [child, base.clone()]);
+
     // Once its child is gone the parent is an ordinary dangling image.
     v.ok(&["rmi", "vesseltest/child:1"]);
-    assert_eq!(lines(&["images", "-q"]), [lone, base]);
+    assert_eq!(lines(&["images", "-q"]), [base]);
+    v.ok(&["image", "prune", "-f"]);
+    assert_eq!(v.ok(&["images", "-a", "-q"]), "");
 }
 
 #[test]

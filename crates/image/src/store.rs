@@ -1,6 +1,7 @@
 //! The store façade: one `--root` with its database, blobs and snapshots, and the image
 //! operations the CLI calls (import, list, tag, remove, inspect, history, prune).
 
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -338,11 +339,7 @@ impl Store {
             .iter()
             .map(|img| self.config(&img.id).ok().map(|(raw, _)| raw))
             .collect();
-        let parents: std::collections::HashSet<&str> = configs
-            .iter()
-            .flatten()
-            .filter_map(|c| c.get("parent").and_then(Value::as_str))
-            .collect();
+        let parents: HashSet<Digest> = parent_links(&rows, &configs).into_values().collect();
         let mut out = Vec::new();
         for (img, config) in rows.iter().zip(&configs) {
             let tags = db.tags_of(&img.id)?;
@@ -364,9 +361,7 @@ impl Store {
                 size: img.size,
                 labels,
                 dangling: tags.is_empty(),
-                intermediate: tags.is_empty()
-                    && digests.is_empty()
-                    && parents.contains(img.id.as_str()),
+                intermediate: tags.is_empty() && digests.is_empty() && parents.contains(&img.id),
             };
             if tags.is_empty() && digests.is_empty() {
                 out.push(base.clone());
@@ -396,6 +391,16 @@ impl Store {
         Ok(out)
     }
 
+    /// child → parent links between the images here.
+    fn parent_links(&self, db: &Db) -> Result<HashMap<Digest, Digest>> {
+        let rows = db.images()?;
+        let configs: Vec<Option<Value>> = rows
+            .iter()
+            .map(|img| self.config(&img.id).ok().map(|(raw, _)| raw))
+            .collect();
+        Ok(parent_links(&rows, &configs))
+    }
+
     /// `rmi`: by tag removes the tag (and the image when it was the last name); by id
     /// removes the image, refusing when it has names in several repositories unless forced.
     /// An image a container holds is never deleted.
@@ -421,6 +426,8 @@ impl Store {
         {
             let db = self.db();
             let leases = db.leases_of(&id)?;
+            // An image another one names as its parent stays, as in docker.
+            let has_children = self.parent_links(&db)?.values().any(|p| *p == id);
             match &by_name {
                 Some(r) => {
                     if let Some(t) = r.tag().filter(|_| r.digest().is_none()) {
@@ -436,7 +443,7 @@ impl Store {
                             r.familiar_repository()
                         )));
                     }
-                    if !db.tags_of(&id)?.is_empty() || !leases.is_empty() {
+                    if !db.tags_of(&id)?.is_empty() || !leases.is_empty() || has_children {
                         return Ok(events);
                     }
                 }
@@ -444,6 +451,12 @@ impl Store {
                     if let Some(holder) = leases.first() {
                         return Err(Error::Conflict(format!(
                             "unable to delete {} (cannot be forced) - image is being used by container {holder}",
+                            id.short()
+                        )));
+                    }
+                    if has_children {
+                        return Err(Error::Conflict(format!(
+                            "unable to delete {} (cannot be forced) - image has dependent child images",
                             id.short()
                         )));
                     }
@@ -473,16 +486,29 @@ impl Store {
         Ok(events)
     }
 
-    /// `image prune`: dangling images, or with `all` every image no container holds.
+    /// `image prune`: dangling images, or with `all` every image no container holds —
+    /// never the parents of an image that stays (docker prunes from the top down).
     pub fn prune(&self, all: bool) -> Result<PruneReport> {
         let mut report = PruneReport::default();
         {
             let db = self.db();
+            let links = self.parent_links(&db)?;
+            let mut keep = HashSet::new();
             for img in db.images()? {
-                let tags = db.tags_of(&img.id)?;
-                if (!all && !tags.is_empty()) || !db.leases_of(&img.id)?.is_empty() {
+                if (!all && !db.tags_of(&img.id)?.is_empty()) || !db.leases_of(&img.id)?.is_empty()
+                {
+                    let mut cur = Some(img.id);
+                    // Ends at the first id already kept, so even a looping chain ends.
+                    while let Some(id) = cur.filter(|id| keep.insert(id.clone())) {
+                        cur = links.get(&id).cloned();
+                    }
+                }
+            }
+            for img in db.images()? {
+                if keep.contains(&img.id) {
                     continue;
                 }
+                let tags = db.tags_of(&img.id)?;
                 for (repo, tag) in &tags {
                     db.untag(repo, tag)?;
                     report
@@ -643,6 +669,20 @@ impl Store {
             .map(|l| self.snapshots.fs_path(&l.chain_id))
             .collect())
     }
+}
+
+/// child → parent, from each config's `parent` (docker's classic-builder link), for
+/// parents that are in the store.
+fn parent_links(rows: &[ImageRow], configs: &[Option<Value>]) -> HashMap<Digest, Digest> {
+    let ids: HashSet<&Digest> = rows.iter().map(|r| &r.id).collect();
+    rows.iter()
+        .zip(configs)
+        .filter_map(|(img, c)| {
+            let p = c.as_ref()?.get("parent")?.as_str()?;
+            let p = Digest::parse(p).ok()?;
+            ids.contains(&p).then(|| (img.id.clone(), p))
+        })
+        .collect()
 }
 
 pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
