@@ -4,6 +4,7 @@
 
 mod commands;
 mod format;
+mod prompt;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -628,3 +628,95 @@ fn import_from_a_url_and_from_stdin() {
     assert_eq!(v.ok(&["images", "-q"]).lines().count(), 2);
     assert!(common::tree(&v.root.path().join("blobs/tmp")).is_empty());
 }
+
+/// Runs vessel on a new pseudo-terminal, answering each prompt when it appears; returns
+/// whether it succeeded and everything the terminal showed.
+fn on_a_terminal(v: &Vessel, args: &[&str], answers: &[(&str, &str)]) -> (bool, String) {
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    use std::io::Read;
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname(&master, Vec::new()).unwrap();
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().unwrap())
+        .unwrap();
+    let mut cmd = v.cmd(args);
+    cmd.stdin(tty.try_clone().unwrap())
+        .stdout(tty.try_clone().unwrap())
+        .stderr(tty);
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd); // our copies of the terminal: reads end (EIO) when vessel exits
+    let mut master = std::fs::File::from(master);
+    let mut shown = Vec::new();
+    let mut buf = [0u8; 512];
+    for (prompt, answer) in answers {
+        while !String::from_utf8_lossy(&shown).contains(prompt) {
+            match master.read(&mut buf) {
+                Ok(n) if n > 0 => shown.extend_from_slice(&buf[..n]),
+                _ => panic!(
+                    "no prompt {prompt:?}; the terminal showed {:?}",
+                    String::from_utf8_lossy(&shown)
+                ),
+            }
+        }
+        shown.clear();
+        master.write_all(format!("{answer}\n").as_bytes()).unwrap();
+    }
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        shown.extend_from_slice(&buf[..n]);
+    }
+    let ok = child.wait().unwrap().success();
+    (ok, String::from_utf8_lossy(&shown).into_owned())
+}
+
+#[test]
+fn interactive_login_prompts_on_a_terminal() {
+    if !Registry::available() {
+        return;
+    }
+    let reg = Registry::start(RegistryConfig {
+        htpasswd: Some(("vessel".into(), "hunter2-secret".into())),
+        ..Default::default()
+    });
+    let v = Vessel::new();
+    let no_tty = v.out(&["login", &reg.host()]);
+    assert!(String::from_utf8_lossy(&no_tty.stderr)
+        .contains("Cannot perform an interactive login from a non TTY device"));
+
+    let (ok, shown) = on_a_terminal(
+        &v,
+        &["login", &reg.host()],
+        &[("Username: ", "vessel"), ("Password: ", "hunter2-secret")],
+    );
+    assert!(ok && shown.contains("Login Succeeded"), "{shown}");
+    assert!(
+        !shown.contains("hunter2"),
+        "the password was echoed: {shown:?}"
+    );
+
+    // The stored username is offered; an empty answer takes it.
+    let (ok, shown) = on_a_terminal(
+        &v,
+        &["login", &reg.host()],
+        &[
+            ("Username (vessel): ", ""),
+            ("Password: ", "hunter2-secret"),
+        ],
+    );
+    assert!(ok && shown.contains("Login Succeeded"), "{shown}");
+    let (ok, shown) = on_a_terminal(
+        &v,
+        &["login", "-u", "vessel", &reg.host()],
+        &[("Password: ", "wrong")],
+    );
+    assert!(
+        !ok && shown.contains("incorrect username or password"),
+        "{shown}"
+    );
+}

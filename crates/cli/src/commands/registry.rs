@@ -328,19 +328,46 @@ fn server_host(s: Option<&str>) -> String {
 
 pub fn login(a: LoginArgs) -> Result<ExitCode> {
     let host = server_host(a.server.as_deref());
-    let username = a
-        .username
-        .clone()
-        .context("username is required (-u); interactive login is not supported")?;
+    let path = a.registry.authfile.clone().unwrap_or_else(auth::auth_file);
+    if a.password_stdin && a.username.is_none() {
+        bail!("Must provide --username with --password-stdin");
+    }
+    // As docker: what the flags and stdin do not give is asked for on the terminal.
+    let need_prompt = a.username.is_none() || (a.password.is_none() && !a.password_stdin);
+    if need_prompt && !crate::prompt::interactive() {
+        bail!("Cannot perform an interactive login from a non TTY device");
+    }
+    let username = match a.username.clone() {
+        Some(u) => u,
+        None => {
+            let stored = auth::lookup(&path, &host)
+                .ok()
+                .flatten()
+                .map(|c| c.username);
+            let asked = crate::prompt::line(&match &stored {
+                Some(u) => format!("Username ({u}): "),
+                None => "Username: ".into(),
+            })?;
+            match (asked.trim(), stored) {
+                ("", Some(u)) => u,
+                ("", None) => bail!("Non-null Username Required"),
+                (u, _) => u.to_string(),
+            }
+        }
+    };
     let password = if a.password_stdin {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s)?;
         s.trim_end_matches(['\n', '\r']).to_string()
     } else {
-        a.password
-            .clone()
-            .context("password is required (-p or --password-stdin)")?
+        match a.password.clone() {
+            Some(p) => p,
+            None => crate::prompt::secret("Password: ")?,
+        }
     };
+    if password.is_empty() {
+        bail!("Password Required");
+    }
     if a.password.is_some() {
         eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
     }
@@ -361,7 +388,6 @@ pub fn login(a: LoginArgs) -> Result<ExitCode> {
         })
         .map_err(hint)
         .with_context(|| format!("login to {host} failed"))?;
-    let path = a.registry.authfile.clone().unwrap_or_else(auth::auth_file);
     auth::store(&path, &host, Some(&creds))?;
     println!("Login Succeeded");
     Ok(ExitCode::SUCCESS)
