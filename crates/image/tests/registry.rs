@@ -88,6 +88,93 @@ fn check_pulled(store: &Store, reference: &str) {
     }
 }
 
+/// vessel-runtime, built beside this test binary by a workspace build.
+fn vessel_runtime() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let rt = dir.join("vessel-runtime");
+    assert!(
+        rt.is_file(),
+        "{} missing: build the workspace (cargo build --workspace)",
+        rt.display()
+    );
+    rt
+}
+
+/// Run `args` in a container whose rootfs is an overlay of `layers` (lowest first), with
+/// vessel-runtime's default config; returns its stdout. Unmounts and deletes on the way out.
+fn run_with_vessel_runtime(layers: &[std::path::PathBuf], args: &[&str]) -> String {
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let work = tempfile::Builder::new()
+        .prefix("vesseltest-")
+        .tempdir()
+        .unwrap();
+    let bundle = work.path().join("bundle");
+    let rootfs = bundle.join("rootfs");
+    for d in [
+        &rootfs,
+        &work.path().join("upper"),
+        &work.path().join("work"),
+    ] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let lower: Vec<String> = layers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        work.path().join("upper").display(),
+        work.path().join("work").display()
+    );
+    let ok = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&rootfs)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mount the image's overlay");
+    let _unmount = Unmount(rootfs.clone());
+    let rt = vessel_runtime();
+    assert!(Command::new(&rt)
+        .args(["spec", "--bundle"])
+        .arg(&bundle)
+        .status()
+        .unwrap()
+        .success());
+    let path = bundle.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    cfg["process"]["terminal"] = serde_json::json!(false);
+    cfg["process"]["args"] = serde_json::json!(args);
+    cfg["linux"]["cgroupsPath"] =
+        serde_json::json!(format!("/vesseltest-{}-image-run", std::process::id()));
+    std::fs::write(&path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    // Output through a file: the container's init inherits the runtime's stdio.
+    let out_path = work.path().join("out");
+    let o = Command::new(&rt)
+        .arg("--root")
+        .arg(work.path().join("state"))
+        .args(["run", "--bundle"])
+        .arg(&bundle)
+        .arg(format!("vesseltest-{}-image-run", std::process::id()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(work.path().join("err")).unwrap())
+        .status()
+        .unwrap();
+    let err = std::fs::read_to_string(work.path().join("err")).unwrap_or_default();
+    assert!(o.success(), "vessel-runtime run: {err}");
+    std::fs::read_to_string(&out_path).unwrap()
+}
+
 #[test]
 fn pulls_an_image_pushed_by_skopeo() {
     if !Registry::available() {
@@ -121,6 +208,18 @@ fn pulls_an_image_pushed_by_skopeo() {
         format!("{}/vesseltest/bb@{}", reg.host(), built.manifest_digest)
     );
     assert_eq!(inspect["Config"]["Cmd"][0], "sh");
+    if rustix::process::geteuid().is_root() {
+        // And it runs: its snapshots as overlay lower layers, under vessel-runtime.
+        let out = run_with_vessel_runtime(
+            &store.layer_paths(&name).unwrap(),
+            &["sh", "-c", "cat /etc/motd; ls /etc"],
+        );
+        assert!(out.starts_with("hello from layer 2\n"), "{out}");
+        assert!(
+            !out.contains("gone"),
+            "a whiteout showed up as a file: {out}"
+        );
+    }
 
     // Warm pull: nothing downloaded.
     let before = tree(root.path());
