@@ -95,24 +95,27 @@ pub fn collect_pids(dir: &Path, out: &mut Vec<i32>) -> Result<()> {
     Ok(())
 }
 
-/// Remove a cgroup and any child cgroups below it (deepest first).
+/// Remove a cgroup and any child cgroups below it (deepest first). A cgroup is usually a
+/// leaf: one rmdir; only when the kernel says it is busy are child cgroups looked for.
 pub fn rmdir_retrying(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                rmdir_retrying(&e.path())?;
-            }
-        }
-    }
     let start = Instant::now();
     let mut delay = Duration::from_millis(1);
+    let mut children_removed = false;
     loop {
         match std::fs::remove_dir(dir) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && !children_removed => {
+                children_removed = true;
+                if let Ok(entries) = std::fs::read_dir(dir) {
+                    for e in entries.flatten() {
+                        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                            rmdir_retrying(&e.path())?;
+                        }
+                    }
+                }
+            }
+            // Processes that are still exiting keep it busy for a moment.
             Err(e)
                 if e.raw_os_error() == Some(libc::EBUSY)
                     && start.elapsed() < Duration::from_secs(5) =>

@@ -15,7 +15,10 @@ use nix::sys::socket::{
 use crate::error::{Context, Error, Result};
 
 const VERSION: u8 = 1;
-const MAX_MESSAGE: usize = 64 * 1024;
+/// Messages are an 8-byte header and, for failures, a text; longer texts are cut. Small on
+/// purpose: the receive buffer lives on the stack, and every page of it touched at each of
+/// the few receives of a container start is a page fault in a fresh process.
+const MAX_MESSAGE: usize = 8 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
@@ -117,7 +120,7 @@ impl Channel {
     /// Receive one message. `Ok(None)` means the other side closed the channel (it exited, or
     /// — for a child that reached execve — its close-on-exec end went away).
     pub fn recv(&self) -> Result<Option<(Msg, Option<OwnedFd>)>> {
-        let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut buf = [0u8; MAX_MESSAGE];
         let mut cmsg = nix::cmsg_space!([RawFd; 1]);
         let (len, fd) = loop {
             let mut iov = [IoSliceMut::new(&mut buf)];

@@ -80,7 +80,14 @@ pub fn list(root: &Path) -> Result<Vec<StateView>> {
 pub fn start(root: &Path, id: &str) -> Result<()> {
     let dir = StateDir::open(root, id, true)?;
     let st = dir.load()?;
-    let status = dir.status(&st);
+    start_loaded(&dir, &st)
+}
+
+/// `start` for a container whose state is at hand (`run` right after `create`), with its
+/// directory locked.
+pub fn start_loaded(dir: &StateDir, st: &State) -> Result<()> {
+    let id = st.id.as_str();
+    let status = dir.status(st);
     if status != Status::Created {
         return Err(wrong(id, status, "only a created container can be started"));
     }

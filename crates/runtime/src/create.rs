@@ -302,6 +302,9 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         })?;
     }
     parent_end.send(&Msg::Continue)?;
+    // While the child sets itself up. (Without state.json the container does not exist yet
+    // for other commands, whatever else is in its directory.)
+    dir.write_config(&raw)?;
 
     let annotations = spec.annotations().clone().unwrap_or_default();
     let hook_state = |status| HookState {
@@ -376,7 +379,6 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
                 || h.poststop().as_ref().is_some_and(|v| !v.is_empty())
         }),
     };
-    dir.write_config(&raw)?;
     dir.save(&state)?;
     if let Some(p) = &opts.pid_file {
         write_pid_file(p, pid)?;

@@ -559,8 +559,9 @@ fn run_container(root: &Path, a: CreateArgs, detach: bool, keep: bool) -> Result
     let created = create(&opts)?;
     let pid = created.pid;
     let relay = relay.filter(|_| created.terminal);
+    let started = container::start_loaded(&created.dir, &created.state);
     drop(created.dir);
-    if let Err(e) = container::start(root, &id) {
+    if let Err(e) = started {
         let _ = container::delete(root, &id, true);
         return Err(e.into());
     }
