@@ -161,3 +161,38 @@ fn foreground_run_and_exec_relay_the_terminal() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--console-socket"), "{}", stderr(&o));
 }
+
+/// With a terminal of its own (here script(1)'s pty), the relay puts it in raw mode, gives
+/// the container's pty its size, and restores it afterwards.
+#[test]
+fn relay_from_a_real_terminal_copies_its_size() {
+    let env = TestEnv::new();
+    let id = unique("tty");
+    let cg = unique("cg");
+    let mut cfg = busybox_config(&["sh", "-c", "stty size; read line; echo got:$line"], &cg);
+    cfg["process"]["terminal"] = serde_json::json!(true);
+    env.write_config(&cfg);
+    let input = env.tmp.path().join("input");
+    std::fs::write(&input, "hello\n").unwrap();
+    // Inside script's pty: set a size, run the container, then print the terminal's mode
+    // flags so we can see they were restored.
+    let inner = format!(
+        "stty rows 33 cols 101; before=$(stty -g); {RT} --root {} run --bundle {} {id}; \
+         rc=$?; [ \"$(stty -g)\" = \"$before\" ] && echo RESTORED; exit $rc",
+        env.root.display(),
+        env.bundle.display()
+    );
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &inner, "/dev/null"]);
+    let o = vessel_testkit::run_via_files_with_input(
+        &mut cmd,
+        env.tmp.path(),
+        std::fs::File::open(&input).unwrap().into(),
+    );
+    let out = stdout(&o).replace('\r', "");
+    assert_eq!(o.status.code(), Some(0), "{out} {}", stderr(&o));
+    assert!(out.contains("33 101"), "{out}");
+    assert!(out.contains("got:hello"), "{out}");
+    assert!(out.contains("RESTORED"), "{out}");
+    assert_gone(&env, &id, &cg);
+}
