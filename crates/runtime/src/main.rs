@@ -500,8 +500,11 @@ fn run(cli: Cli) -> Result<i32> {
                     }
                     container::Event::Oom => serde_json::json!({"type": "oom", "id": id}),
                 };
+                // One write per event, so a reader never sees half of one.
+                let mut text = line.to_string();
+                text.push('\n');
                 let mut out = std::io::stdout().lock();
-                writeln!(out, "{line}")
+                out.write_all(text.as_bytes())
                     .and_then(|()| out.flush())
                     .ctx(|| "write an event to stdout")
             })?;
