@@ -5,30 +5,39 @@
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::Path;
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
 use crate::error::{Context, Error, Result};
+use crate::tty_relay::TtyRelay;
 
-/// Where the pty master of a process with a terminal goes.
-#[derive(Debug)]
-pub enum ConsoleSocket {
-    /// `--console-socket PATH`: a listener of the caller (conmon, containerd-shim, ...).
-    Path(PathBuf),
-    /// One end of a socket pair the runtime keeps itself, to relay the terminal to its own
-    /// stdio (foreground `run`/`exec` without --console-socket, see [`crate::tty_relay`]).
-    Connected(UnixStream),
-}
-
-impl ConsoleSocket {
-    pub fn connect(&self) -> Result<UnixStream> {
-        match self {
-            ConsoleSocket::Path(p) => UnixStream::connect(p)
-                .ctx(|| format!("connect to --console-socket {}", p.display())),
-            ConsoleSocket::Connected(s) => s.try_clone().ctx(|| "dup the console socket"),
-        }
+/// Where the pty master of a process goes: the caller's `--console-socket` (conmon,
+/// containerd-shim, ...); or, for a foreground `run`/`exec` (`relay`) of a process with a
+/// terminal, one end of a socket pair whose other end relays the terminal to our own stdio.
+/// Returns the socket to send the master over and the relay, if any.
+pub fn console_for(
+    terminal: bool,
+    socket: Option<&Path>,
+    relay: bool,
+) -> Result<(Option<UnixStream>, Option<TtyRelay>)> {
+    if let Some(p) = socket {
+        let s = UnixStream::connect(p)
+            .ctx(|| format!("connect to --console-socket {}", p.display()))?;
+        return Ok((Some(s), None));
     }
+    if !terminal {
+        return Ok((None, None));
+    }
+    if !relay {
+        return Err(Error::Usage(
+            "process.terminal is true: a detached process needs --console-socket to hand the \
+             terminal to (in the foreground, run and exec relay it themselves)"
+                .into(),
+        ));
+    }
+    let (relay, theirs) = TtyRelay::pair()?;
+    Ok((Some(theirs), Some(relay)))
 }
 
 /// Open a new pty pair in the current mount namespace's /dev/ptmx; returns (master, slave).

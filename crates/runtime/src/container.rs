@@ -194,8 +194,9 @@ pub fn kill(root: &Path, id: &str, signal: i32, all: bool) -> Result<()> {
             "cannot send a signal to a stopped container",
         ));
     }
-    if all && st.has_cgroup {
-        st.cgroup("signal all its processes")?.kill_all(signal)?;
+    // Without a cgroup (rootless) the init is all there is to signal.
+    if let (true, Some(cg)) = (all, st.cgroup_if_any()?) {
+        cg.kill_all(signal)?;
         return Ok(());
     }
     signal_init(&st, signal)
@@ -224,12 +225,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         Err(e) => return Err(e),
     };
     let status = dir.status(&st);
-    // Never touch a cgroup the container does not own (rootless without one).
-    let cg = if st.has_cgroup {
-        Some(CgroupManager::new(&st.cgroups_path)?)
-    } else {
-        None
-    };
+    let cg = st.cgroup_if_any()?;
     match status {
         Status::Stopped => {}
         // A created container never ran user code: deleting it is always allowed.

@@ -13,6 +13,7 @@ use oci_spec::runtime::Spec;
 use vessel_cgroups::CgroupManager;
 
 use crate::channel::{self, Msg};
+use crate::console::console_for;
 use crate::error::{Context, Error, Result};
 use crate::hooks::{self, HookState};
 use crate::init::{self, InitContext};
@@ -27,7 +28,9 @@ pub struct CreateOptions {
     pub root: PathBuf,
     pub id: String,
     pub bundle: PathBuf,
-    pub console_socket: Option<crate::console::ConsoleSocket>,
+    pub console_socket: Option<PathBuf>,
+    /// Foreground `run`: relay a terminal to our stdio when there is no --console-socket.
+    pub relay_terminal: bool,
     pub pid_file: Option<PathBuf>,
     pub no_pivot: bool,
     pub no_new_keyring: bool,
@@ -38,8 +41,8 @@ pub struct Created {
     pub pid: i32,
     pub state: State,
     pub dir: StateDir,
-    /// process.terminal: the pty master went to the console socket.
-    pub terminal: bool,
+    /// The terminal to relay, when `relay_terminal` was asked for and the process has one.
+    pub relay: Option<crate::tty_relay::TtyRelay>,
 }
 
 /// Undo list for a create that fails part way.
@@ -130,12 +133,6 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         .as_ref()
         .ok_or_else(|| Error::config("config.json: process: missing"))?;
     let terminal = process.terminal().unwrap_or(false);
-    if terminal && opts.console_socket.is_none() {
-        return Err(Error::Usage(
-            "process.terminal is true: a detached container needs --console-socket to hand the terminal to (in the foreground, run and exec relay it themselves)"
-                .into(),
-        ));
-    }
 
     // Everything below that can fail without touching the host comes first.
     let cg_path = cgroups_path(&spec, &opts.id);
@@ -166,10 +163,11 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     // elsewhere it still has v1 hierarchies to join after the clone.
     let into_cgroup = matches!(cgroup.layout(), vessel_cgroups::Layout::V2);
     let plan = NsPlan::new(&spec, into_cgroup)?;
-    let console = match &opts.console_socket {
-        Some(c) => Some(c.connect()?),
-        None => None,
-    };
+    let (console, relay) = console_for(
+        terminal,
+        opts.console_socket.as_deref(),
+        opts.relay_terminal,
+    )?;
 
     let dir = StateDir::create(&opts.root, &opts.id)?;
     let mut undo = Undo {
@@ -390,7 +388,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         pid,
         state,
         dir,
-        terminal,
+        relay,
     })
 }
 

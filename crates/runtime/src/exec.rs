@@ -10,7 +10,6 @@ use nix::sched::{setns, CloneFlags};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, Process};
-use vessel_cgroups::CgroupManager;
 
 use crate::channel::{self, Msg};
 use crate::console;
@@ -26,14 +25,17 @@ pub struct ExecOptions {
     pub root: PathBuf,
     pub id: String,
     pub process: Process,
-    pub console_socket: Option<crate::console::ConsoleSocket>,
+    pub console_socket: Option<PathBuf>,
+    /// Foreground `exec`: relay a terminal to our stdio when there is no --console-socket.
+    pub relay_terminal: bool,
     pub pid_file: Option<PathBuf>,
     pub detach: bool,
     pub preserve_fds: u32,
 }
 
-/// Returns the PID of the new process (in the runtime's pid namespace).
-pub fn exec(opts: &ExecOptions) -> Result<i32> {
+/// Returns the PID of the new process (in the runtime's pid namespace), and the terminal to
+/// relay when `relay_terminal` was asked for and the process has one.
+pub fn exec(opts: &ExecOptions) -> Result<(i32, Option<crate::tty_relay::TtyRelay>)> {
     let dir = StateDir::open(&opts.root, &opts.id, false)?;
     let st = dir.load()?;
     let status = dir.status(&st);
@@ -48,12 +50,6 @@ pub fn exec(opts: &ExecOptions) -> Result<i32> {
     let process = &opts.process;
     validate_process(process, "process")?;
     let terminal = process.terminal().unwrap_or(false);
-    if terminal && opts.console_socket.is_none() {
-        return Err(Error::Usage(
-            "process.terminal is true: a detached container needs --console-socket to hand the terminal to (in the foreground, run and exec relay it themselves)"
-                .into(),
-        ));
-    }
     let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
         Some(s) => Some(seccomp_cache(&opts.root).get_or_compile(s)?),
         None => None,
@@ -106,11 +102,7 @@ pub fn exec(opts: &ExecOptions) -> Result<i32> {
     // The new process joins the container's cgroup like its init did: the unified
     // hierarchy at the clone, v1 hierarchies by the helper moving itself (no RCU grace
     // period), while it is still in the host's user namespace and may write their files.
-    let cgroup = if st.has_cgroup {
-        Some(CgroupManager::new(&st.cgroups_path)?)
-    } else {
-        None
-    };
+    let cgroup = st.cgroup_if_any()?;
     let cg_fd = match &cgroup {
         Some(cg) => cg.unified_dir_fd()?,
         None => None,
@@ -118,10 +110,11 @@ pub fn exec(opts: &ExecOptions) -> Result<i32> {
     let join_v1 = cgroup
         .as_ref()
         .filter(|cg| cg.layout() != vessel_cgroups::Layout::V2);
-    let console_sock = match &opts.console_socket {
-        Some(c) => Some(c.connect()?),
-        None => None,
-    };
+    let (console_sock, relay) = crate::console::console_for(
+        terminal,
+        opts.console_socket.as_deref(),
+        opts.relay_terminal,
+    )?;
     let (parent_end, child_end) = channel::pair()?;
 
     // SAFETY: single-threaded runtime; the child only joins namespaces and clones.
@@ -233,7 +226,7 @@ pub fn exec(opts: &ExecOptions) -> Result<i32> {
     if let Some(p) = &opts.pid_file {
         write_pid_file(p, pid)?;
     }
-    Ok(pid)
+    Ok((pid, relay))
 }
 
 fn exec_child(

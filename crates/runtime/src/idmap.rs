@@ -22,6 +22,7 @@ use oci_spec::runtime::{LinuxIdMapping, Spec};
 
 use crate::error::{Context, Error, Result};
 use crate::mounts::{is_bind, IdmapDepth, MountOptions};
+use crate::namespaces::id_map_text;
 use crate::sys::{self, Forked, MOUNT_ATTR_IDMAP};
 
 /// The id-mapped mounts of one container, by their index in `mounts`.
@@ -52,7 +53,7 @@ impl IdmappedMounts {
         // One user namespace per distinct set of mappings.
         let mut namespaces: HashMap<String, OwnedFd> = HashMap::new();
         for r in requests {
-            let key = format!("{}|{}", map_text(r.uid), map_text(r.gid));
+            let key = format!("{}|{}", id_map_text(r.uid), id_map_text(r.gid));
             if !namespaces.contains_key(&key) {
                 let ns = userns_with_maps(r.index, r.uid, r.gid)?;
                 namespaces.insert(key.clone(), ns);
@@ -103,11 +104,16 @@ fn requests(spec: &Spec) -> Result<Vec<Request<'_>>> {
     for (index, m) in spec.mounts().iter().flatten().enumerate() {
         let uid = m.uid_mappings().as_deref().unwrap_or(&[]);
         let gid = m.gid_mappings().as_deref().unwrap_or(&[]);
-        let opts = MountOptions::parse(m.options().as_deref().unwrap_or(&[]))
-            .map_err(|e| Error::config(format!("mounts[{index}].options: {e}")))?;
-        if uid.is_empty() && gid.is_empty() && opts.idmap.is_none() {
+        let options = m.options().as_deref().unwrap_or(&[]);
+        // The common case, on every create: no mappings, no idmap option, nothing to parse.
+        if uid.is_empty()
+            && gid.is_empty()
+            && !options.iter().any(|o| o == "idmap" || o == "ridmap")
+        {
             continue;
         }
+        let opts = MountOptions::parse(options)
+            .map_err(|e| Error::config(format!("mounts[{index}].options: {e}")))?;
         let at = || format!("mounts[{index}] ({})", m.destination().display());
         if !is_bind(m) {
             return Err(Error::config(format!(
@@ -142,7 +148,7 @@ fn requests(spec: &Spec) -> Result<Vec<Request<'_>>> {
                 return Err(Error::config(format!(
                     "{}.{field}: {} is not a valid mapping (sizes must be non-zero)",
                     at(),
-                    map_text(maps).trim().replace('\n', "; ")
+                    id_map_text(maps).trim().replace('\n', "; ")
                 )));
             }
         }
@@ -160,12 +166,6 @@ fn requests(spec: &Spec) -> Result<Vec<Request<'_>>> {
         });
     }
     Ok(out)
-}
-
-fn map_text(maps: &[LinuxIdMapping]) -> String {
-    maps.iter()
-        .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
-        .collect()
 }
 
 /// A user namespace with exactly these mappings, held by a descriptor. A helper process
@@ -187,7 +187,7 @@ fn userns_with_maps(
     };
     let result = (|| -> Result<OwnedFd> {
         for (file, maps) in [("gid_map", gid), ("uid_map", uid)] {
-            let text = map_text(maps);
+            let text = id_map_text(maps);
             std::fs::write(format!("/proc/{pid}/{file}"), text.as_bytes()).ctx(|| {
                 format!(
                     "mounts[{index}]: write the id-mapped mount's {file}: {}",

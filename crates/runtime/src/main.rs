@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use vessel_runtime::console::ConsoleSocket;
 use vessel_runtime::container;
 use vessel_runtime::create::{create, CreateOptions};
 use vessel_runtime::exec::{exec, process_from_args, ExecArgs, ExecOptions};
@@ -443,19 +442,12 @@ fn run(cli: Cli) -> Result<i32> {
             if let Some(l) = process_label {
                 proc.set_selinux_label(Some(l));
             }
-            let mut console_socket = console_socket.map(ConsoleSocket::Path);
-            let relay = if console_socket.is_none() && !detach && proc.terminal().unwrap_or(false) {
-                let (relay, socket) = TtyRelay::new()?;
-                console_socket = Some(socket);
-                Some(relay)
-            } else {
-                None
-            };
-            let pid = exec(&ExecOptions {
+            let (pid, relay) = exec(&ExecOptions {
                 root: root.clone(),
                 id,
                 process: proc,
                 console_socket,
+                relay_terminal: !detach,
                 pid_file,
                 detach,
                 preserve_fds,
@@ -463,12 +455,7 @@ fn run(cli: Cli) -> Result<i32> {
             if detach {
                 return Ok(0);
             }
-            let relaying = relay.map(TtyRelay::start).transpose()?;
-            let code = wait_forwarding_signals(pid);
-            if let Some(r) = relaying {
-                r.finish();
-            }
-            Ok(code)
+            wait_relaying(pid, relay)
         }
         Command::Pause { id } => {
             container::pause(&root, &id)?;
@@ -540,7 +527,8 @@ fn create_options(root: &Path, a: CreateArgs) -> CreateOptions {
         root: root.to_path_buf(),
         id: a.id,
         bundle: a.bundle,
-        console_socket: a.console_socket.map(ConsoleSocket::Path),
+        console_socket: a.console_socket,
+        relay_terminal: false,
         pid_file: a.pid_file,
         no_pivot: a.no_pivot,
         no_new_keyring: a.no_new_keyring,
@@ -551,17 +539,10 @@ fn create_options(root: &Path, a: CreateArgs) -> CreateOptions {
 fn run_container(root: &Path, a: CreateArgs, detach: bool, keep: bool) -> Result<i32> {
     let id = a.id.clone();
     let mut opts = create_options(root, a);
-    // In the foreground without --console-socket, a terminal is relayed to our own stdio.
-    let relay = if opts.console_socket.is_none() && !detach {
-        let (relay, socket) = TtyRelay::new()?;
-        opts.console_socket = Some(socket);
-        Some(relay)
-    } else {
-        None
-    };
+    opts.relay_terminal = !detach;
     let created = create(&opts)?;
     let pid = created.pid;
-    let relay = relay.filter(|_| created.terminal);
+    let relay = created.relay;
     let started = container::start_loaded(&created.dir, &created.state);
     drop(created.dir);
     if let Err(e) = started {
@@ -571,13 +552,19 @@ fn run_container(root: &Path, a: CreateArgs, detach: bool, keep: bool) -> Result
     if detach {
         return Ok(0);
     }
+    let code = wait_relaying(pid, relay)?;
+    if !keep {
+        container::delete(root, &id, true)?;
+    }
+    Ok(code)
+}
+
+/// Wait for our foreground child, relaying its terminal meanwhile if it has one.
+fn wait_relaying(pid: i32, relay: Option<TtyRelay>) -> Result<i32> {
     let relaying = relay.map(TtyRelay::start).transpose()?;
     let code = wait_forwarding_signals(pid);
     if let Some(r) = relaying {
         r.finish();
-    }
-    if !keep {
-        container::delete(root, &id, true)?;
     }
     Ok(code)
 }

@@ -170,6 +170,13 @@ impl NsPlan {
     }
 }
 
+/// Mappings as /proc/PID/uid_map and gid_map take them: "inside outside count" lines.
+pub fn id_map_text(maps: &[oci_spec::runtime::LinuxIdMapping]) -> String {
+    maps.iter()
+        .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+        .collect()
+}
+
 /// Write uid_map/gid_map of `pid` from the parent (host root may map any range).
 pub fn write_id_maps(pid: i32, spec: &Spec) -> Result<()> {
     let linux = match spec.linux() {
@@ -177,10 +184,7 @@ pub fn write_id_maps(pid: i32, spec: &Spec) -> Result<()> {
         None => return Ok(()),
     };
     let fmt = |maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
-        maps.iter()
-            .flatten()
-            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
-            .collect::<String>()
+        id_map_text(maps.as_deref().unwrap_or(&[]))
     };
     let gid = fmt(linux.gid_mappings());
     // Without privilege on the host the kernel takes a gid_map only once setgroups is denied

@@ -82,17 +82,25 @@ pub struct StateDir {
 }
 
 impl State {
+    /// The container's cgroup; None for a rootless container that has none (never one at
+    /// its cgroupsPath that it does not own).
+    pub fn cgroup_if_any(&self) -> Result<Option<vessel_cgroups::CgroupManager>> {
+        if !self.has_cgroup {
+            return Ok(None);
+        }
+        Ok(Some(vessel_cgroups::CgroupManager::new(
+            &self.cgroups_path,
+        )?))
+    }
+
     /// The container's cgroup, for an operation that needs one (`action` says which).
     pub fn cgroup(&self, action: &str) -> Result<vessel_cgroups::CgroupManager> {
-        if !self.has_cgroup {
-            return Err(Error::WrongState {
-                id: self.id.clone(),
-                status: "without a cgroup (created rootless, with no cgroup its user may create)"
-                    .into(),
-                action: format!("cannot {action}"),
-            });
-        }
-        Ok(vessel_cgroups::CgroupManager::new(&self.cgroups_path)?)
+        self.cgroup_if_any()?.ok_or_else(|| Error::WrongState {
+            id: self.id.clone(),
+            status: "without a cgroup (created rootless, with no cgroup its user may create)"
+                .into(),
+            action: format!("cannot {action}"),
+        })
     }
 }
 

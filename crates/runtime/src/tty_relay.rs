@@ -16,7 +16,6 @@ use std::thread::JoinHandle;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use nix::sys::termios::{self, SetArg, Termios};
 
-use crate::console::ConsoleSocket;
 use crate::error::{Context, Error, Result};
 
 /// The master being relayed, for the SIGWINCH handler (-1: none).
@@ -28,10 +27,10 @@ pub struct TtyRelay {
 }
 
 impl TtyRelay {
-    /// A socket pair: the other end goes to `create`/`exec` as the console socket.
-    pub fn new() -> Result<(TtyRelay, ConsoleSocket)> {
+    /// A socket pair: the other end is the console socket the pty master is sent over.
+    pub fn pair() -> Result<(TtyRelay, UnixStream)> {
         let (ours, theirs) = UnixStream::pair().ctx(|| "create the console socket pair")?;
-        Ok((TtyRelay { ours }, ConsoleSocket::Connected(theirs)))
+        Ok((TtyRelay { ours }, theirs))
     }
 
     /// Receive the master (already sent: `create`/`exec` return after the process is set

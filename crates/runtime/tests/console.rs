@@ -92,6 +92,22 @@ fn terminal_without_console_socket_is_refused() {
     assert_gone(&env, &id, &cg);
 }
 
+/// Run `cmd` with "hello\n" as its standard input; returns (exit code, stdout without the
+/// terminal's carriage returns, stderr).
+fn run_typing_hello(
+    env: &TestEnv,
+    cmd: &mut std::process::Command,
+) -> (Option<i32>, String, String) {
+    let input = env.tmp.path().join("input");
+    std::fs::write(&input, "hello\n").unwrap();
+    let o = vessel_testkit::run_via_files_with_input(
+        cmd,
+        env.tmp.path(),
+        std::fs::File::open(&input).unwrap().into(),
+    );
+    (o.status.code(), stdout(&o).replace('\r', ""), stderr(&o))
+}
+
 /// Foreground `run` and `exec` with a terminal and no --console-socket relay the pty to
 /// their own stdio, as runc does: input reaches the process through its terminal, output
 /// comes back, and end of input reads as end-of-file at the terminal.
@@ -110,17 +126,10 @@ fn foreground_run_and_exec_relay_the_terminal() {
     );
     cfg["process"]["terminal"] = serde_json::json!(true);
     env.write_config(&cfg);
-    let input = env.tmp.path().join("input");
-    std::fs::write(&input, "hello\n").unwrap();
     let mut cmd = rt(&env);
     cmd.args(["run", "--bundle", env.bundle.to_str().unwrap(), &id]);
-    let o = vessel_testkit::run_via_files_with_input(
-        &mut cmd,
-        env.tmp.path(),
-        std::fs::File::open(&input).unwrap().into(),
-    );
-    let out = stdout(&o).replace('\r', "");
-    assert_eq!(o.status.code(), Some(0), "{out} {}", stderr(&o));
+    let (code, out, err) = run_typing_hello(&env, &mut cmd);
+    assert_eq!(code, Some(0), "{out} {err}");
     assert!(out.contains("/dev/pts/0"), "{out}");
     assert!(out.contains("got:hello"), "{out}");
     assert!(out.contains("EOF"), "{out}");
@@ -146,13 +155,8 @@ fn foreground_run_and_exec_relay_the_terminal() {
         "-c",
         "tty; read l; echo exec-got:$l; exit 7",
     ]);
-    let o = vessel_testkit::run_via_files_with_input(
-        &mut cmd,
-        env.tmp.path(),
-        std::fs::File::open(&input).unwrap().into(),
-    );
-    let out = stdout(&o).replace('\r', "");
-    assert_eq!(o.status.code(), Some(7), "{out} {}", stderr(&o));
+    let (code, out, err) = run_typing_hello(&env, &mut cmd);
+    assert_eq!(code, Some(7), "{out} {err}");
     assert!(out.contains("/dev/pts/"), "{out}");
     assert!(out.contains("exec-got:hello"), "{out}");
 
@@ -172,8 +176,6 @@ fn relay_from_a_real_terminal_copies_its_size() {
     let mut cfg = busybox_config(&["sh", "-c", "stty size; read line; echo got:$line"], &cg);
     cfg["process"]["terminal"] = serde_json::json!(true);
     env.write_config(&cfg);
-    let input = env.tmp.path().join("input");
-    std::fs::write(&input, "hello\n").unwrap();
     // Inside script's pty: set a size, run the container, then print the terminal's mode
     // flags so we can see they were restored.
     let inner = format!(
@@ -184,13 +186,8 @@ fn relay_from_a_real_terminal_copies_its_size() {
     );
     let mut cmd = std::process::Command::new("script");
     cmd.args(["-qec", &inner, "/dev/null"]);
-    let o = vessel_testkit::run_via_files_with_input(
-        &mut cmd,
-        env.tmp.path(),
-        std::fs::File::open(&input).unwrap().into(),
-    );
-    let out = stdout(&o).replace('\r', "");
-    assert_eq!(o.status.code(), Some(0), "{out} {}", stderr(&o));
+    let (code, out, err) = run_typing_hello(&env, &mut cmd);
+    assert_eq!(code, Some(0), "{out} {err}");
     assert!(out.contains("33 101"), "{out}");
     assert!(out.contains("got:hello"), "{out}");
     assert!(out.contains("RESTORED"), "{out}");
