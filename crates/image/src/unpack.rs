@@ -200,14 +200,9 @@ impl Unpacker {
                 // Created with its final permissions; an existing entry (an earlier one of
                 // the same name) is replaced, as tar does.
                 let perm = meta.mode & 0o777;
-                let fd = match create_file(parent_fd, name, perm) {
-                    Err(Errno::EXIST) => {
-                        self.remove(parent_fd, name, &shown)?;
-                        create_file(parent_fd, name, perm)
-                    }
-                    r => r,
-                }
-                .map_err(|e| errno_err(&shown, "creating file", e))?;
+                let fd = self.create_replacing(parent_fd, name, &shown, "creating file", || {
+                    create_file(parent_fd, name, perm)
+                })?;
                 let mut file = File::from(fd);
                 copy(&mut entry, &mut file, &mut self.buf)
                     .map_err(|e| crate::error::from_io(format!("layer entry {shown:?}"), e))?;
@@ -228,14 +223,7 @@ impl Unpacker {
                         OsStr::from_bytes(name),
                     )
                 };
-                match link() {
-                    Err(Errno::EXIST) => {
-                        self.remove(parent_fd, name, &shown)?;
-                        link()
-                    }
-                    r => r,
-                }
-                .map_err(|e| errno_err(&shown, "creating symlink", e))?;
+                self.create_replacing(parent_fd, name, &shown, "creating symlink", link)?;
                 let fix = self.fixups(&meta, parent_dir.new_gid);
                 self.apply_meta(Target::Link(parent_fd, name), &meta, &shown, fix)?;
             }
@@ -468,6 +456,26 @@ impl Unpacker {
 
     /// Removes an existing entry; the parent cache goes too, since a removed directory
     /// could be the cached one or lie on its path.
+    /// Create an entry with `make`; an entry already there under that name (an earlier one
+    /// of the same name) is removed first and `make` tried again, as tar does.
+    fn create_replacing<T>(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        shown: &str,
+        what: &str,
+        make: impl Fn() -> rustix::io::Result<T>,
+    ) -> Result<T> {
+        match make() {
+            Err(Errno::EXIST) => {
+                self.remove(parent, name, shown)?;
+                make()
+            }
+            r => r,
+        }
+        .map_err(|e| errno_err(shown, what, e))
+    }
+
     fn remove(&mut self, parent: BorrowedFd<'_>, name: &[u8], shown: &str) -> Result<()> {
         self.parent_cache = None;
         remove_at(parent, name, shown)
