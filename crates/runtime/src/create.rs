@@ -121,6 +121,7 @@ pub fn seccomp_cache(root: &Path) -> vessel_seccomp::Cache {
 }
 
 pub fn create(opts: &CreateOptions) -> Result<Created> {
+    crate::self_exe::require_protected()?;
     spec::validate_id(&opts.id)?;
     let Bundle {
         dir: bundle_dir,

@@ -36,6 +36,7 @@ pub struct ExecOptions {
 /// Returns the PID of the new process (in the runtime's pid namespace), and the terminal to
 /// relay when `relay_terminal` was asked for and the process has one.
 pub fn exec(opts: &ExecOptions) -> Result<(i32, Option<crate::tty_relay::TtyRelay>)> {
+    crate::self_exe::require_protected()?;
     let dir = StateDir::open(&opts.root, &opts.id, false)?;
     let st = dir.load()?;
     let status = dir.status(&st);

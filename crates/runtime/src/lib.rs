@@ -19,6 +19,7 @@ pub mod lsm;
 pub mod mounts;
 pub mod namespaces;
 pub mod process;
+pub mod self_exe;
 pub mod spec;
 pub mod state;
 pub mod sys;

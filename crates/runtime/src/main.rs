@@ -251,6 +251,18 @@ fn main() {
         file: cli.log.clone(),
         json: cli.log_format == LogFormat::Json,
     };
+    // Commands that place a process into a container first re-execute the runtime from a
+    // handle the container cannot write (CVE-2019-5736; see self_exe). Nothing has been
+    // opened or read yet, so the new image starts from the very same point.
+    if matches!(
+        cli.command,
+        Command::Create(_) | Command::Run { .. } | Command::Exec { .. }
+    ) {
+        if let Err(e) = vessel_runtime::self_exe::ensure_protected() {
+            logger.error(&format!("run from a protected copy of the runtime: {e}"));
+            std::process::exit(1);
+        }
+    }
     match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
