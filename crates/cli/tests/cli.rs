@@ -338,6 +338,12 @@ fn push_pull_login_logout_against_a_registry() {
         cfg["auths"][reg.host()]["auth"].is_string(),
         "credentials stored like docker's config.json"
     );
+    let auth_meta = std::fs::metadata(v.home.path().join(".docker/config.json")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&auth_meta.permissions()) & 0o7777,
+        0o600,
+        "credentials readable by their owner only"
+    );
 
     let out = v.ok(&["push", &name]);
     assert!(
@@ -518,13 +524,35 @@ fn images_all_adds_intermediate_images_and_dangling_ones_show_as_none() {
         pruned.contains(&format!("deleted: sha256:{lone}")) && !pruned.contains(&base),
         "{pruned}"
     );
-    assert_eq!(lines(&["images", "-a", "-q"]), [child, base.clone()]);
+    assert_eq!(
+        lines(&["images", "-a", "-q"]),
+        [child.clone(), base.clone()]
+    );
 
-    // Once its child is gone the parent is an ordinary dangling image.
-    v.ok(&["rmi", "vesseltest/child:1"]);
-    assert_eq!(lines(&["images", "-q"]), [base]);
+    // With --no-prune the parent outlives its child, as an ordinary dangling image.
+    let out = v.ok(&["rmi", "--no-prune", "vesseltest/child:1"]);
+    assert!(
+        out.starts_with("Untagged: vesseltest/child:1\nDeleted: sha256:")
+            && out.lines().count() == 2
+            && !out.contains(&base),
+        "{out}"
+    );
+    assert_eq!(lines(&["images", "-q"]), std::slice::from_ref(&base));
     v.ok(&["image", "prune", "-f"]);
     assert_eq!(v.ok(&["images", "-a", "-q"]), "");
+
+    // Without it (docker's default) the untagged parent goes with its child.
+    v.with_stdin(&["load", "-q"], &archive);
+    let out = v.ok(&["rmi", "vesseltest/child:1"]);
+    let deleted: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("Deleted: sha256:"))
+        .collect();
+    assert!(
+        deleted.len() == 2 && deleted[0].starts_with(&child) && deleted[1].starts_with(&base),
+        "{out}"
+    );
+    assert_eq!(lines(&["images", "-a", "-q"]), [lone]);
 }
 
 #[test]

@@ -5,12 +5,14 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::perms;
 
 #[derive(Clone, Debug)]
 pub struct BlobStore {
@@ -30,9 +32,9 @@ pub struct Expected {
 impl BlobStore {
     pub fn open(root: &Path) -> Result<Self> {
         let dir = root.join("blobs");
+        perms::ensure_dir(&dir, perms::DIR_MODE)?;
         for sub in ["sha256", "tmp"] {
-            let p = dir.join(sub);
-            fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+            perms::ensure_dir(&dir.join(sub), perms::DIR_MODE)?;
         }
         Ok(BlobStore { dir })
     }
@@ -78,6 +80,7 @@ impl BlobStore {
         let file = File::options()
             .write(true)
             .create_new(true)
+            .mode(perms::FILE_MODE)
             .open(&tmp)
             .map_err(|e| Error::io(&tmp, e))?;
         Ok(BlobWriter {
@@ -113,6 +116,19 @@ impl BlobStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io(&p, e)),
         }
+    }
+
+    /// Sets the store's own directories here to their mode (for stores made before they
+    /// were private). The blobs in them are left as they are: nobody else can reach them.
+    pub(crate) fn tighten_modes(&self) -> Result<()> {
+        for p in [
+            self.dir.clone(),
+            self.dir.join("sha256"),
+            self.dir.join("tmp"),
+        ] {
+            perms::tighten(&p, perms::DIR_MODE)?;
+        }
+        Ok(())
     }
 
     /// Removes temp files left by writers that were killed. Only safe while nothing is

@@ -177,6 +177,29 @@ impl Db {
         Ok(())
     }
 
+    /// The version `component` recorded in `schema_versions`, if any. Besides the table
+    /// schemas, one-off migrations of what is on disk record themselves here (the store's
+    /// file modes are `image-store-modes`).
+    pub fn component_version(&self, component: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT version FROM schema_versions WHERE component = ?1",
+                [component],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn set_component_version(&self, component: &str, version: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO schema_versions (component, version) VALUES (?1, ?2)
+             ON CONFLICT(component) DO UPDATE SET version = excluded.version",
+            params![component, version],
+        )?;
+        Ok(())
+    }
+
     pub fn conn(&self) -> &Connection {
         &self.conn
     }

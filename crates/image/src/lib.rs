@@ -3,7 +3,8 @@
 //!
 //! For the engine:
 //! - [`store::Store::open`] on `--root` gives everything; it owns `vessel.db`,
-//!   `blobs/sha256/<hex>` and `snapshots/<chain-id hex>/fs`.
+//!   `blobs/sha256/<hex>` and `snapshots/<chain-id hex>/fs`. Its own directories are 0700
+//!   and its files 0600 (see [`perms`]); only the image content in `fs/` keeps its modes.
 //! - [`registry::pull::pull`] fetches an image (progress through a [`registry::pull::Progress`]);
 //!   [`store::Store::lookup`] resolves a name, short id or digest to an image id.
 //! - [`store::Store::layer_paths`] lists an image's snapshot dirs, lowest first: reverse
@@ -21,6 +22,7 @@ pub mod error;
 mod gzip;
 pub mod layer;
 pub mod manifest;
+pub mod perms;
 pub mod reference;
 pub mod registry;
 pub mod snapshots;

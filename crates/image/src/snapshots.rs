@@ -11,6 +11,7 @@ use rustix::io::Errno;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::perms;
 
 const TMP_PREFIX: &str = ".tmp-";
 const TRASH_PREFIX: &str = ".trash-";
@@ -23,7 +24,7 @@ pub struct SnapshotStore {
 impl SnapshotStore {
     pub fn open(root: &Path) -> Result<Self> {
         let dir = root.join("snapshots");
-        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        perms::ensure_dir(&dir, perms::DIR_MODE)?;
         Ok(SnapshotStore { dir })
     }
 
@@ -41,8 +42,13 @@ impl SnapshotStore {
             .dir
             .join(format!("{TMP_PREFIX}{:016x}", rand::random::<u64>()));
         let fs_dir = dir.join("fs");
-        fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
-        fs::create_dir(&fs_dir).map_err(|e| Error::io(&fs_dir, e))?;
+        // `<id>/` is the store's (private, and renamed into place as it is); `fs/` is the
+        // image's `/`, the layer's "./" entry sets its mode when there is one.
+        perms::create_dir(&dir, perms::DIR_MODE)?;
+        if let Err(e) = perms::create_dir(&fs_dir, perms::IMAGE_ROOT_MODE) {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
         Ok(TempSnapshot {
             dir: Some(dir),
             fs: fs_dir,
@@ -76,6 +82,20 @@ impl SnapshotStore {
             }
         }
         Ok(out)
+    }
+
+    /// Sets the store's own directories here (`snapshots/` and each `snapshots/<entry>/`,
+    /// never the image content in `fs/`) to their mode: one directory listing, for stores
+    /// made before they were private.
+    pub(crate) fn tighten_modes(&self) -> Result<()> {
+        perms::tighten(&self.dir, perms::DIR_MODE)?;
+        for ent in fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
+            let ent = ent.map_err(|e| Error::io(&self.dir, e))?;
+            if ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                perms::tighten(&ent.path(), perms::DIR_MODE)?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes leftovers of interrupted unpacks and deletions. Only safe while no other

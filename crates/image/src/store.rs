@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -16,6 +17,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layer::{self, LayerInput};
 use crate::manifest::{self, Descriptor, ImageConfig, Manifest, Platform};
+use crate::perms;
 use crate::reference::{familiar, Reference};
 use crate::snapshots::SnapshotStore;
 use crate::unpack::UnpackOptions;
@@ -57,6 +59,15 @@ pub struct ImageSummary {
     pub intermediate: bool,
 }
 
+/// docker's `rmi` flags.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RemoveOptions {
+    /// Remove an image named by id even when it is tagged in several repositories.
+    pub force: bool,
+    /// Keep the parent images the removal leaves untagged (by default they are deleted too).
+    pub no_prune: bool,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct ImportOptions {
     pub reference: Option<Reference>,
@@ -81,19 +92,63 @@ pub struct HistoryRow {
     pub comment: String,
 }
 
+/// The database file under `--root`; SQLite puts `-wal` and `-shm` beside it.
+pub const DB_FILE: &str = "vessel.db";
+const LOCK_FILE: &str = "gc.lock";
+
+/// `schema_versions` row recording that the store's own directories and files have their
+/// private modes ([`perms`]): stores made before that are tightened once, on open.
+pub const MODES_COMPONENT: &str = "image-store-modes";
+pub const MODES_VERSION: i64 = 1;
+
 impl Store {
+    /// Opens the store at `root`, creating it (0700) if needed. Directories above it
+    /// (`/var/lib`) are not the store's and get the usual modes.
     pub fn open(root: &Path) -> Result<Self> {
-        std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        perms::ensure_dir(root, perms::DIR_MODE)?;
         let blobs = BlobStore::open(root)?;
         let snapshots = SnapshotStore::open(root)?;
-        let db = Db::open(&root.join("vessel.db"))?;
-        Ok(Store {
+        // SQLite would create the file 0644; made here first, its -wal and -shm files get
+        // its mode from SQLite (which copies the database's mode to them, umask or not).
+        let db_path = root.join(DB_FILE);
+        perms::ensure_file(&db_path, perms::FILE_MODE)?;
+        let db = Db::open(&db_path)?;
+        let store = Store {
             root: root.to_path_buf(),
             blobs,
             snapshots,
             db: Mutex::new(db),
             unpack: UnpackOptions::default(),
-        })
+        };
+        store.migrate_modes()?;
+        Ok(store)
+    }
+
+    /// Tightens a store made with world-readable directories (before [`MODES_VERSION`]):
+    /// the store's own directories and files only (the image content keeps its modes), a
+    /// fixed handful plus one listing of `snapshots/`, once — afterwards it is one query.
+    fn migrate_modes(&self) -> Result<()> {
+        if self.db().component_version(MODES_COMPONENT)? >= Some(MODES_VERSION) {
+            return Ok(());
+        }
+        // `--root` may be a symlink an admin made to the real place.
+        let real_root = std::fs::canonicalize(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        perms::tighten(&real_root, perms::DIR_MODE)?;
+        self.blobs.tighten_modes()?;
+        self.snapshots.tighten_modes()?;
+        for f in [
+            DB_FILE.to_string(),
+            format!("{DB_FILE}-wal"),
+            format!("{DB_FILE}-shm"),
+            LOCK_FILE.to_string(),
+        ] {
+            perms::tighten(&self.root.join(f), perms::FILE_MODE)?;
+        }
+        self.db()
+            .set_component_version(MODES_COMPONENT, MODES_VERSION)
     }
 
     pub fn root(&self) -> &Path {
@@ -107,11 +162,12 @@ impl Store {
     }
 
     fn lock_file(&self) -> Result<File> {
-        let p = self.root.join("gc.lock");
+        let p = self.root.join(LOCK_FILE);
         File::options()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(perms::FILE_MODE)
             .open(&p)
             .map_err(|e| Error::io(&p, e))
     }
@@ -403,8 +459,9 @@ impl Store {
 
     /// `rmi`: by tag removes the tag (and the image when it was the last name); by id
     /// removes the image, refusing when it has names in several repositories unless forced.
-    /// An image a container holds is never deleted.
-    pub fn remove(&self, name: &str, force: bool) -> Result<Vec<RemoveEvent>> {
+    /// An image a container holds is never deleted. Once the image is deleted, so are the
+    /// parents (config `parent`) it leaves dangling, nearest first, unless `no_prune`.
+    pub fn remove(&self, name: &str, opts: RemoveOptions) -> Result<Vec<RemoveEvent>> {
         let mut events = Vec::new();
         let id = self.lookup(name)?;
         let by_name = Reference::parse(name).ok().and_then(|r| {
@@ -426,8 +483,9 @@ impl Store {
         {
             let db = self.db();
             let leases = db.leases_of(&id)?;
+            let links = self.parent_links(&db)?;
             // An image another one names as its parent stays, as in docker.
-            let has_children = self.parent_links(&db)?.values().any(|p| *p == id);
+            let has_children = links.values().any(|p| *p == id);
             match &by_name {
                 Some(r) => {
                     if let Some(t) = r.tag().filter(|_| r.digest().is_none()) {
@@ -464,7 +522,7 @@ impl Store {
                     let mut repos: Vec<&String> = tags.iter().map(|(r, _)| r).collect();
                     repos.sort();
                     repos.dedup();
-                    if repos.len() > 1 && !force {
+                    if repos.len() > 1 && !opts.force {
                         return Err(Error::Conflict(format!(
                             "unable to delete {} (must be forced) - image is referenced in multiple repositories",
                             id.short()
@@ -480,7 +538,27 @@ impl Store {
                 events.push(RemoveEvent::Untagged(format!("{}@{d}", familiar(&repo))));
             }
             db.delete_image(&id)?;
-            events.push(RemoveEvent::Deleted(id));
+            events.push(RemoveEvent::Deleted(id.clone()));
+            if !opts.no_prune {
+                // docker's parent pruning: quiet, never forced, and it stops at the first
+                // parent that still has a name, a holder or another child.
+                let mut gone = HashSet::from([id.clone()]);
+                let mut cur = links.get(&id).cloned();
+                while let Some(p) = cur.filter(|p| !gone.contains(p)) {
+                    let other_child = links.iter().any(|(c, q)| *q == p && !gone.contains(c));
+                    if other_child
+                        || !db.tags_of(&p)?.is_empty()
+                        || !db.repo_digests_of(&p)?.is_empty()
+                        || !db.leases_of(&p)?.is_empty()
+                    {
+                        break;
+                    }
+                    db.delete_image(&p)?;
+                    events.push(RemoveEvent::Deleted(p.clone()));
+                    cur = links.get(&p).cloned();
+                    gone.insert(p);
+                }
+            }
         }
         self.gc(false)?;
         Ok(events)

@@ -234,7 +234,9 @@ fn pulls_an_image_pushed_by_skopeo() {
         &opts_with_authfile(work.path()),
     )
     .unwrap();
-    store.remove(&name, false).unwrap();
+    store
+        .remove(&name, vessel_image::store::RemoveOptions::default())
+        .unwrap();
     assert!(
         store.images().unwrap().is_empty(),
         "last tag removed the image"

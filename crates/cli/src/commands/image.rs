@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use vessel_image::manifest::Platform;
-use vessel_image::store::{ImageSummary, ImportOptions, RemoveEvent, Store};
+use vessel_image::store::{ImageSummary, ImportOptions, RemoveEvent, RemoveOptions, Store};
 use vessel_image::Reference;
 
 use crate::format::{self, Format};
@@ -291,7 +291,7 @@ pub struct RmiArgs {
     /// Force removal of the image
     #[arg(short, long)]
     force: bool,
-    /// Do not delete untagged parents (accepted for compatibility)
+    /// Do not delete untagged parents
     #[arg(long)]
     no_prune: bool,
     #[arg(required = true)]
@@ -308,10 +308,13 @@ fn print_events(events: &[RemoveEvent]) {
 }
 
 pub fn rmi(a: RmiArgs, store: &Store) -> Result<ExitCode> {
-    let _ = a.no_prune;
+    let opts = RemoveOptions {
+        force: a.force,
+        no_prune: a.no_prune,
+    };
     let mut code = ExitCode::SUCCESS;
     for name in &a.images {
-        match store.remove(name, a.force) {
+        match store.remove(name, opts) {
             Ok(ev) => print_events(&ev),
             Err(e) => {
                 eprintln!("Error response from daemon: {e}");
