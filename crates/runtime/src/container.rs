@@ -13,7 +13,7 @@ use vessel_cgroups::CgroupManager;
 
 use crate::error::{Context, Error, Result};
 use crate::hooks::{self, HookState};
-use crate::state::{self, State, StateDir, Status};
+use crate::state::{self, Found, State, StateDir, Status};
 use crate::sys;
 
 /// The runtime-spec state document, with runc's field names (`state` and `list --format json`).
@@ -213,35 +213,51 @@ fn signal_init(st: &State, signal: i32) -> Result<()> {
 }
 
 pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
-    let dir = match StateDir::open(root, id, true) {
+    let mut steps = crate::fault::steps("delete");
+    let (dir, found) = match StateDir::open_any(root, id) {
         Ok(d) => d,
         Err(Error::NotFound(_)) if force => return Ok(()),
         Err(e) => return Err(e),
     };
-    let st = match dir.load() {
-        Ok(st) => st,
+    steps.done("state dir locked");
+    let mut st = match found {
+        Found::Created(st) => st,
+        // What a `create` that did not finish left. Its init never ran user code: it goes
+        // with or without --force; without it runc says the container does not exist after
+        // removing the directory, and so do we.
+        Found::Unfinished(st) => {
+            if let Some(st) = &st {
+                let cg = st.cgroup_if_any()?;
+                kill_and_wait(st, Status::Creating, cg.as_ref())?;
+                steps.done("processes killed");
+                remove_cgroup(st, cg.as_ref())?;
+                steps.done("cgroup removed");
+            }
+            dir.remove()?;
+            return if force {
+                Ok(())
+            } else {
+                Err(Error::NotFound(id.to_string()))
+            };
+        }
         // A state dir whose state cannot be read is garbage either way when forced.
-        Err(_) if force => return dir.remove(),
-        Err(e) => return Err(e),
+        Found::Corrupt(_) if force => return dir.remove(),
+        Found::Corrupt(e) => return Err(e),
     };
     let status = dir.status(&st);
     let cg = st.cgroup_if_any()?;
     match status {
         Status::Stopped => {}
         // A created container never ran user code: deleting it is always allowed.
-        Status::Created => kill_and_wait(&st, cg.as_ref())?,
+        Status::Created => kill_and_wait(&st, status, cg.as_ref())?,
         Status::Running | Status::Paused | Status::Creating if force => {
-            kill_and_wait(&st, cg.as_ref())?
+            kill_and_wait(&st, status, cg.as_ref())?
         }
         _ => return Err(wrong(id, status, "stop it first, or use delete --force")),
     }
-    if let Some(cg) = &cg {
-        // Processes outside a pid namespace may outlive the init.
-        if !cg.pids().unwrap_or_default().is_empty() {
-            let _ = cg.kill_all(libc::SIGKILL);
-        }
-        cg.remove()?;
-    }
+    steps.done("processes killed");
+    remove_cgroup(&st, cg.as_ref())?;
+    steps.done("cgroup removed");
     if st.has_late_hooks && !st.stopped_hooks_done {
         let spec = dir.config().ok();
         let hs = HookState {
@@ -261,24 +277,83 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
                 eprintln!("vessel-runtime: warning: {e}");
             }
         }
+        // A delete that is interrupted from here on does not run them again.
+        st.stopped_hooks_done = true;
+        dir.save(&st)?;
     }
+    steps.done("poststop hooks ran");
     dir.remove()
 }
 
-fn kill_and_wait(st: &State, cg: Option<&CgroupManager>) -> Result<()> {
+/// SIGKILL everything in the container and wait for its init to exit. Each failure is
+/// reported: a container whose processes survive is not deleted.
+fn kill_and_wait(st: &State, status: Status, cg: Option<&CgroupManager>) -> Result<()> {
+    let failed = |what: String| Error::WrongState {
+        id: st.id.clone(),
+        status: status.to_string(),
+        action: format!("{what}; it was not deleted"),
+    };
     if let Some(cg) = cg {
-        if cg.is_frozen().unwrap_or(false) {
-            let _ = cg.thaw();
+        // Frozen processes do not die of SIGKILL until they are thawed.
+        if cg.is_frozen()? {
+            cg.thaw()
+                .map_err(|e| failed(format!("cannot thaw it to kill its processes: {e}")))?;
         }
-        let _ = cg.kill_all(libc::SIGKILL);
+        cg.kill_all(libc::SIGKILL)
+            .map_err(|e| failed(format!("cannot kill its processes: {e}")))?;
     }
-    if let Ok(pidfd) = sys::pidfd_open(st.pid) {
-        if sys::process_start_time(st.pid) == Some(st.pid_start) {
-            let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
-            let _ = sys::pidfd_wait_exit(pidfd.as_fd(), 10_000);
+    if st.pid <= 0 {
+        return Ok(());
+    }
+    let pidfd = match sys::pidfd_open(st.pid) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
+        Err(e) => return Err(e).ctx(|| format!("open pid {}", st.pid)),
+    };
+    // Pinned by the pidfd: the PID cannot be recycled between this check and the signal.
+    if sys::process_start_time(st.pid) != Some(st.pid_start) {
+        return Ok(());
+    }
+    match sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
+        Err(e) => {
+            return Err(failed(format!(
+                "cannot kill its init (pid {}): {e}",
+                st.pid
+            )))
         }
+    }
+    let exited = sys::pidfd_wait_exit(pidfd.as_fd(), KILL_WAIT_MS)
+        .ctx(|| format!("wait for pid {} to exit", st.pid))?;
+    if !exited {
+        return Err(failed(format!(
+            "its init (pid {}) is still alive {} s after SIGKILL (frozen, or in an \
+             uninterruptible sleep)",
+            st.pid,
+            KILL_WAIT_MS / 1000
+        )));
     }
     Ok(())
+}
+
+/// How long `delete` waits for a killed init to exit (runc: 10 s too).
+const KILL_WAIT_MS: i32 = 10_000;
+
+/// Remove the container's cgroup, after killing what is left in it: processes outside a
+/// pid namespace may outlive the init.
+fn remove_cgroup(st: &State, cg: Option<&CgroupManager>) -> Result<()> {
+    let Some(cg) = cg else { return Ok(()) };
+    if !cg.pids()?.is_empty() {
+        cg.kill_all(libc::SIGKILL).map_err(|e| Error::WrongState {
+            id: st.id.clone(),
+            status: "stopped".into(),
+            action: format!(
+                "cannot kill the processes left in its cgroup: {e}; it was not deleted"
+            ),
+        })?;
+    }
+    Ok(cg.remove()?)
 }
 
 pub fn pause(root: &Path, id: &str) -> Result<()> {

@@ -45,10 +45,12 @@ pub struct Created {
     pub relay: Option<crate::tty_relay::TtyRelay>,
 }
 
-/// Undo list for a create that fails part way.
+/// Undo list for a create that fails part way. (A create that is killed cannot run it: the
+/// state dir's `creating` record tells `delete` what to undo instead.)
 struct Undo {
     pid: Option<i32>,
     cgroup: Option<CgroupManager>,
+    pid_file: Option<PathBuf>,
     dir: Option<StateDir>,
 }
 
@@ -61,6 +63,9 @@ impl Drop for Undo {
         if let Some(cg) = self.cgroup.take() {
             let _ = cg.kill_all(libc::SIGKILL);
             let _ = cg.remove();
+        }
+        if let Some(p) = self.pid_file.take() {
+            let _ = std::fs::remove_file(p);
         }
         if let Some(dir) = self.dir.take() {
             let _ = dir.remove();
@@ -170,20 +175,29 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         opts.relay_terminal,
     )?;
 
-    let dir = StateDir::create(&opts.root, &opts.id)?;
+    // Root always owns the cgroup (or fails); a rootless create finds out below.
+    let as_root = nix::unistd::geteuid().is_root();
+    let mut steps = crate::fault::steps("create");
+    let dir = StateDir::create(&opts.root, &opts.id, &cg_path, as_root)?;
     let mut undo = Undo {
         pid: None,
-        cgroup: None,
+        cgroup: as_root.then(|| cgroup.clone()),
+        pid_file: None,
         dir: Some(dir),
     };
     let dir = undo.dir.as_ref().expect("set above");
+    steps.done("state dir reserved");
     let have_cgroup = create_cgroup(&cgroup, resources)?;
     if have_cgroup {
-        undo.cgroup = Some(cgroup.clone());
+        if !as_root {
+            dir.record_cgroup()?;
+            undo.cgroup = Some(cgroup.clone());
+        }
         if let Some(r) = resources {
             cgroup.apply(r)?;
         }
     }
+    steps.done("cgroup created");
     // The unified hierarchy (v2, or a hybrid host's cgroup2) is joined at the clone. v1
     // hierarchies are joined by the child itself — a thread moving itself needs no RCU
     // grace period, a PID written by another process does (~10 ms) — unless it is in a
@@ -206,6 +220,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         .open(&fifo_path)
         .ctx(|| format!("open {}", fifo_path.display()))?
         .into();
+    steps.done("exec fifo made");
 
     let (parent_end, child_end) = channel::pair()?;
     let ctx = InitContext {
@@ -252,6 +267,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         Forked::Parent(pid) => pid,
     };
     undo.pid = Some(first_pid);
+    steps.done("cloned");
     drop(child_end);
     drop(fifo);
     drop(unified_fd);
@@ -263,6 +279,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
             match parent_end.recv()? {
                 Some((Msg::WriteMaps(p), _)) => {
                     write_id_maps(p, &spec)?;
+                    steps.done("id maps written");
                     parent_end.send(&Msg::Continue)?;
                 }
                 Some((Msg::Pid(p), _)) => {
@@ -286,9 +303,14 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     } else {
         if plan.new_user {
             write_id_maps(first_pid, &spec)?;
+            steps.done("id maps written");
         }
         first_pid
     };
+    // Until it is told its PID the init exits if we die; from here on it might not.
+    let pid_start = sys::process_start_time(pid).unwrap_or(0);
+    dir.record_pid(pid, pid_start)?;
+    steps.done("init recorded");
     // The child builds its rootfs meanwhile; it waits for the Continue that follows
     // before anything that needs its cgroup.
     parent_end.send(&Msg::Pid(pid))?;
@@ -301,20 +323,44 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         })?;
     }
     parent_end.send(&Msg::Continue)?;
-    // While the child sets itself up. (Without state.json the container does not exist yet
-    // for other commands, whatever else is in its directory.)
-    dir.write_config(&raw)?;
+    steps.done("init in its cgroup");
 
-    let annotations = spec.annotations().clone().unwrap_or_default();
+    // Written durably while the child sets itself up, so the syncs overlap with its work.
+    // (Until the `creating` record is removed the container does not exist for others.)
+    let spec_hooks = spec.hooks().as_ref();
+    let state = State {
+        oci_version: spec.version().to_string(),
+        id: opts.id.clone(),
+        pid,
+        bundle: bundle_dir.clone(),
+        rootfs: rootfs.clone(),
+        created: now_rfc3339(),
+        owner: String::new(),
+        annotations: spec.annotations().clone().unwrap_or_default(),
+        pid_start,
+        cgroups_path: cg_path,
+        has_cgroup: have_cgroup,
+        stopped_hooks_done: false,
+        has_late_hooks: spec_hooks.is_some_and(|h| {
+            h.poststart().as_ref().is_some_and(|v| !v.is_empty())
+                || h.poststop().as_ref().is_some_and(|v| !v.is_empty())
+        }),
+    };
+    dir.save_with_config(&state, &raw)?;
+    if let Some(p) = &opts.pid_file {
+        write_pid_file(p, pid)?;
+        undo.pid_file = Some(p.clone());
+    }
+    steps.done("state saved");
+
     let hook_state = |status| HookState {
         oci_version: spec.version(),
         id: &opts.id,
         status,
         pid: Some(pid),
         bundle: &bundle_dir,
-        annotations: Some(&annotations),
+        annotations: Some(&state.annotations),
     };
-    let spec_hooks = spec.hooks().as_ref();
     loop {
         match parent_end.recv()? {
             Some((Msg::RunHooks, _)) => {
@@ -328,6 +374,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
                     spec_hooks.and_then(|h| h.create_runtime().as_ref()),
                     &hook_state("creating"),
                 )?;
+                steps.done("runtime hooks ran");
                 parent_end.send(&Msg::Continue)?;
             }
             Some((Msg::SeccompListener, Some(fd))) => {
@@ -360,30 +407,12 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         }
     }
 
-    let state = State {
-        oci_version: spec.version().to_string(),
-        id: opts.id.clone(),
-        pid,
-        bundle: bundle_dir.clone(),
-        rootfs: rootfs.clone(),
-        created: now_rfc3339(),
-        owner: String::new(),
-        annotations,
-        pid_start: sys::process_start_time(pid).unwrap_or(0),
-        cgroups_path: cg_path,
-        has_cgroup: have_cgroup,
-        stopped_hooks_done: false,
-        has_late_hooks: spec_hooks.is_some_and(|h| {
-            h.poststart().as_ref().is_some_and(|v| !v.is_empty())
-                || h.poststop().as_ref().is_some_and(|v| !v.is_empty())
-        }),
-    };
-    dir.save(&state)?;
-    if let Some(p) = &opts.pid_file {
-        write_pid_file(p, pid)?;
-    }
+    steps.done("init ready");
+    dir.finish_create()?;
     undo.pid = None;
     undo.cgroup = None;
+    undo.pid_file = None;
+    steps.done("created");
     let dir = undo.dir.take().expect("set above");
     Ok(Created {
         pid,
@@ -393,9 +422,22 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     })
 }
 
-/// Written atomically: callers (conmon, containerd) poll for it.
+/// Written atomically (callers such as conmon and containerd poll for it) and durably.
 pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
-    let tmp = path.with_extension("vessel-tmp");
-    std::fs::write(&tmp, pid.to_string()).ctx(|| format!("write --pid-file {}", path.display()))?;
-    std::fs::rename(&tmp, path).ctx(|| format!("write --pid-file {}", path.display()))
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Usage(format!("--pid-file {}: not a file", path.display())))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    crate::state::write_atomic(dir, &[(name, pid.to_string().as_bytes())], 0o644).map_err(|e| {
+        match e {
+            Error::Io { context, err } => Error::Io {
+                context: format!("--pid-file {}: {context}", path.display()),
+                err,
+            },
+            e => e,
+        }
+    })
 }

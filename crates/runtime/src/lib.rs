@@ -11,6 +11,7 @@ pub mod container;
 pub mod create;
 pub mod error;
 pub mod exec;
+pub mod fault;
 pub mod features;
 pub mod hooks;
 pub mod idmap;

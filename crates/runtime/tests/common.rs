@@ -100,3 +100,96 @@ pub fn wait_for_status(env: &TestEnv, id: &str, want: &str) {
     }
     panic!("{id} never reached status {want}");
 }
+
+/// Processes other than this one whose command line mentions `dir` (a runtime started for
+/// the test, or a container init before its execve) or whose cgroup is `cg`, as
+/// "PID STATE CMDLINE" lines. Zombies are left out: they hold nothing and their parent
+/// reaps them.
+pub fn processes_tied_to(dir: &Path, cg: &str) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) || name == me {
+            continue;
+        }
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat.get(i + 2..i + 3))
+            .unwrap_or("");
+        if state.is_empty() || state == "Z" || state == "X" {
+            continue;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let cgroups = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
+        let in_cg = cgroups.lines().any(|l| {
+            l.rsplit(':')
+                .next()
+                .is_some_and(|p| p.split('/').any(|c| c == cg))
+        });
+        if cmdline.contains(&needle) || in_cg {
+            out.push(format!("{name} {state} {cmdline}"));
+        }
+    }
+    out
+}
+
+/// Like [`processes_tied_to`], but gives processes that are on their way out (a container
+/// init that saw its runtime die) up to `secs` seconds to go.
+pub fn processes_left(dir: &Path, cg: &str, secs: u64) -> Vec<String> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let left = processes_tied_to(dir, cg);
+        if left.is_empty() || std::time::Instant::now() >= until {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Mounts in this mount namespace whose mount point or source is below `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A child process killed if it is still running when this is dropped (a runtime a test
+/// starts in the background and may have to give up on).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Wait for `child` for at most `secs` seconds; None (and the child killed) if it hangs.
+pub fn wait_timeout(
+    child: &mut std::process::Child,
+    secs: u64,
+) -> Option<std::process::ExitStatus> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
