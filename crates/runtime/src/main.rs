@@ -661,7 +661,12 @@ fn parse_duration(s: &str) -> Result<Duration> {
     if secs <= 0.0 {
         bail!("--interval {s:?}: must be positive");
     }
-    Ok(Duration::from_secs_f64(secs))
+    // The longest Go's time.Duration (so runc) takes: 2562047h47m16.854775807s.
+    let max = Duration::from_nanos(i64::MAX as u64);
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if d <= max => Ok(d),
+        _ => bail!("--interval {s:?}: too long (at most 2562047h, as runc)"),
+    }
 }
 
 /// "512m", "1g", "1024" → bytes; "-1" stays -1 (unlimited).
@@ -768,4 +773,39 @@ fn update_resources(a: &UpdateArgs) -> Result<oci_spec::runtime::LinuxResources>
         res.set_pids(Some(p));
     }
     Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(
+            parse_duration("2562047h").unwrap(),
+            Duration::from_secs(2562047 * 3600)
+        );
+        let huge = format!("1{}", "0".repeat(400));
+        for (bad, why) in [
+            ("0s", "must be positive"),
+            ("s", "not a duration"),
+            ("5d", "unknown unit"),
+            ("2562048h", "too long"),
+            ("99999999999999999999h", "too long"),
+            // Parses as f64 infinity: from_secs_f64 would panic.
+            (huge.as_str(), "too long"),
+        ] {
+            let err = parse_duration(bad).map(|_| ()).unwrap_err().to_string();
+            assert!(
+                err.contains(why) && err.contains("--interval"),
+                "{bad}: {err}"
+            );
+        }
+    }
 }
