@@ -36,6 +36,9 @@ pub enum Msg {
     SeccompListener,
     /// child → parent: please write the uid/gid maps for the process with this PID.
     WriteMaps(i32),
+    /// init → parent: the container's process is now this PID (forked into a joined pid
+    /// namespace once the rootfs was built); the sender exits.
+    Reparent(i32),
 }
 
 impl Msg {
@@ -48,6 +51,7 @@ impl Msg {
             Msg::Pid(pid) => (5, *pid, b""),
             Msg::SeccompListener => (6, 0, b""),
             Msg::WriteMaps(pid) => (7, *pid, b""),
+            Msg::Reparent(pid) => (8, *pid, b""),
         }
     }
 
@@ -60,9 +64,25 @@ impl Msg {
             5 => Msg::Pid(arg),
             6 => Msg::SeccompListener,
             7 => Msg::WriteMaps(arg),
+            8 => Msg::Reparent(arg),
             _ => return None,
         })
     }
+}
+
+/// One received message (header and text, without its fds) to a `Msg`: what `recv` does
+/// with every message, public so the fuzz target drives exactly this code.
+pub fn decode(buf: &[u8]) -> Result<Msg> {
+    if buf.len() < 8 || buf[0] != VERSION {
+        return Err(Error::Child(format!(
+            "sync socket: unexpected message (version {}, {} bytes)",
+            buf.first().copied().unwrap_or(0),
+            buf.len()
+        )));
+    }
+    let arg = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    Msg::decode(buf[1], arg, &buf[8..])
+        .ok_or_else(|| Error::Child(format!("sync socket: unknown message tag {}", buf[1])))
 }
 
 pub struct Channel {
@@ -150,16 +170,17 @@ impl Channel {
         if len == 0 {
             return Ok(None);
         }
-        if len < 8 || buf[0] != VERSION {
-            return Err(Error::Child(format!(
-                "sync socket: unexpected message (version {}, {len} bytes)",
-                buf[0]
-            )));
-        }
-        let arg = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
-        let msg = Msg::decode(buf[1], arg, &buf[8..len])
-            .ok_or_else(|| Error::Child(format!("sync socket: unknown message tag {}", buf[1])))?;
-        Ok(Some((msg, fd)))
+        Ok(Some((decode(&buf[..len])?, fd)))
+    }
+
+    /// A child's last word: report the failure, then keep reading until the parent closes
+    /// its end (or kills us). Exiting with messages of the parent still unread would make
+    /// the kernel reset the connection, and the parent would get ECONNRESET instead of
+    /// the reason.
+    pub fn report_failure(&self, text: String) -> Result<()> {
+        self.send(&Msg::Failed(text))?;
+        while let Ok(Some(_)) = self.recv() {}
+        Ok(())
     }
 
     /// Receive and insist on a particular message; a `Failed` from the other side becomes the
@@ -192,6 +213,7 @@ mod tests {
             Msg::Failed("mount /proc: EPERM".into()),
             Msg::Pid(4242),
             Msg::WriteMaps(7),
+            Msg::Reparent(9),
         ] {
             a.send(&m).unwrap();
             let (got, fd) = b.recv().unwrap().unwrap();
@@ -215,5 +237,21 @@ mod tests {
             .unwrap();
         let err = b.expect(&Msg::Ready, "create").unwrap_err();
         assert!(err.to_string().contains("/bin/nope"));
+    }
+
+    #[test]
+    fn decode_refuses_what_no_sender_writes() {
+        assert_eq!(decode(&[1, 5, 0, 0, 7, 0, 0, 0]).unwrap(), Msg::Pid(7));
+        for bad in [
+            &[][..],
+            &[1, 3, 0],
+            &[2, 3, 0, 0, 0, 0, 0, 0],
+            &[1, 0, 0, 0, 0, 0, 0, 0],
+        ] {
+            let e = decode(bad).unwrap_err().to_string();
+            assert!(e.contains("sync socket"), "{e}");
+        }
+        let failed = decode(b"\x01\x04\0\0\0\0\0\0cut \xe2\x82").unwrap();
+        assert_eq!(failed, Msg::Failed("cut \u{fffd}".into()));
     }
 }

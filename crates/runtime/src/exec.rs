@@ -156,7 +156,7 @@ pub fn exec(opts: &ExecOptions) -> Result<(i32, Option<crate::tty_relay::TtyRela
                         console_sock.as_ref().map(|s| s.as_raw_fd()),
                         opts.preserve_fds,
                     );
-                    let _ = child_end.send(&Msg::Failed(e.to_string()));
+                    let _ = child_end.report_failure(e.to_string());
                     // SAFETY: forked child.
                     unsafe { libc::_exit(127) }
                 }
@@ -166,7 +166,7 @@ pub fn exec(opts: &ExecOptions) -> Result<(i32, Option<crate::tty_relay::TtyRela
         let code = match result {
             Ok(pid) => child_end.send(&Msg::Pid(pid)).map(|_| 0).unwrap_or(1),
             Err(e) => {
-                let _ = child_end.send(&Msg::Failed(e.to_string()));
+                let _ = child_end.report_failure(e.to_string());
                 1
             }
         };
@@ -181,10 +181,13 @@ pub fn exec(opts: &ExecOptions) -> Result<(i32, Option<crate::tty_relay::TtyRela
     let pid = match parent_end.recv() {
         Ok(Some((Msg::Pid(p), _))) => p,
         Ok(Some((Msg::Failed(t), _))) => {
+            // The helper waits for us to hang up before it exits (report_failure).
+            drop(parent_end);
             let _ = waitpid(Pid::from_raw(first_pid), None);
             return Err(Error::Child(t));
         }
         other => {
+            drop(parent_end);
             let _ = waitpid(Pid::from_raw(first_pid), None);
             return Err(Error::Child(format!(
                 "exec: the helper process failed ({other:?})",

@@ -75,7 +75,7 @@ pub fn intermediate(ctx: &InitContext) -> ! {
             exit(0)
         }
         Err(e) => {
-            let _ = ctx.channel.send(&Msg::Failed(e.to_string()));
+            let _ = ctx.channel.report_failure(e.to_string());
             exit(1)
         }
     }
@@ -100,7 +100,7 @@ fn run_joined(ctx: &InitContext) -> ! {
 
 fn fail(ctx: &InitContext, result: Result<Infallible>) -> ! {
     let Err(e) = result;
-    if ctx.channel.send(&Msg::Failed(e.to_string())).is_err() {
+    if ctx.channel.report_failure(e.to_string()).is_err() {
         // After `create` returned nobody listens on the channel; stderr is all we have.
         eprintln!("vessel-runtime: container {}: {e}", ctx.id);
     }
@@ -186,18 +186,18 @@ fn setup(ctx: &InitContext) -> Result<Infallible> {
             .expect(&Msg::Continue, "wait for the runtime hooks")?;
     }
     let annotations = spec.annotations().clone().unwrap_or_default();
-    let hook_state = |status| HookState {
+    let hook_state = |status, pid| HookState {
         oci_version: spec.version(),
         id: ctx.id,
         status,
-        pid: Some(host_pid),
+        pid: Some(pid),
         bundle: ctx.bundle,
         annotations: Some(&annotations),
     };
     hooks::run_all(
         "createContainer",
         hooks.and_then(|h| h.create_container().as_ref()),
-        &hook_state("creating"),
+        &hook_state("creating", host_pid),
     )?;
 
     match root {
@@ -210,6 +210,10 @@ fn setup(ctx: &InitContext) -> Result<Infallible> {
             nix::unistd::chdir("/").ctx(|| "chdir /")?;
         }
     }
+    let host_pid = match &ctx.plan.late_pid {
+        Some(pid_ns) => enter_joined_pid_ns(ctx.channel, pid_ns)?,
+        None => host_pid,
+    };
 
     nix::unistd::setsid().ctx(|| "setsid")?;
     if process.terminal().unwrap_or(false) {
@@ -247,9 +251,40 @@ fn setup(ctx: &InitContext) -> Result<Infallible> {
     hooks::run_all(
         "startContainer",
         hooks.and_then(|h| h.start_container().as_ref()),
-        &hook_state("created"),
+        &hook_state("created", host_pid),
     )?;
     finish_and_exec(process, ctx.prepared)
+}
+
+/// Join the pid namespace given by path, now that we are in the container's root: fork the
+/// process that becomes the container (a child of the runtime, through CLONE_PARENT), tell
+/// the runtime its PID and leave. Until now the processes in that namespace — other
+/// containers — could not see us; had they seen us while we set up the rootfs, one with
+/// CAP_SYS_PTRACE could have reached the host's filesystem through /proc/PID/root or cwd.
+/// Returns (in the new process) its PID in the runtime's pid namespace.
+fn enter_joined_pid_ns(channel: &Channel, pid_ns: &OwnedFd) -> Result<i32> {
+    use std::os::fd::AsFd;
+    nix::sched::setns(pid_ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWPID)
+        .ctx(|| "join the container's pid namespace")?;
+    // SAFETY: single-threaded; the child carries on with the setup.
+    match unsafe { sys::clone3(nix::sched::CloneFlags::empty(), libc::CLONE_PARENT as u64, None) }
+        .ctx(|| "clone into the container's pid namespace")?
+    {
+        Forked::Child => match channel.recv()? {
+            Some((Msg::Pid(p), _)) => Ok(p),
+            _ => Err(Error::Child(
+                "the runtime went away while entering the pid namespace".into(),
+            )),
+        },
+        Forked::Parent(pid) => {
+            let code = if channel.send(&Msg::Reparent(pid)).is_ok() {
+                0
+            } else {
+                1
+            };
+            exit(code)
+        }
+    }
 }
 
 /// Whether the uid map gives the user namespace a root (container id 0).
@@ -297,7 +332,11 @@ pub fn setup_process(
             }
         }
     }
-    let allow_setgroups = std::fs::read_to_string("/proc/self/setgroups")
+    // Read through a verified procfs handle: a fake "deny" would make us skip setgroups and
+    // keep the runtime's supplementary groups. Unreadable means allowed (setgroups then
+    // fails loudly if it is not).
+    let allow_setgroups = crate::procfs::Proc::open(Path::new("/proc"))
+        .and_then(|p| p.read_self("setgroups"))
         .map(|s| s.trim() != "deny")
         .unwrap_or(true);
     process::apply_user_and_caps(process, allow_setgroups)?;

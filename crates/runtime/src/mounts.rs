@@ -7,6 +7,7 @@
 //! redirect a mount to the host (CVE-2021-30465 class).
 
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
@@ -411,6 +412,7 @@ fn mount_one(root: BorrowedFd, index: usize, m: &Mount, ctx: &RootfsContext) -> 
     } else {
         mkdir_all(root, dest)?
     };
+    refuse_shadowing_proc(root, dest, typ, bind, &target, ctx.rootfs)?;
     let target_path = fd_path(target.as_fd());
     if bind {
         if let Some(tree) = ctx.idmapped.get(index) {
@@ -483,13 +485,9 @@ fn mount_one(root: BorrowedFd, index: usize, m: &Mount, ctx: &RootfsContext) -> 
             }
         }
         if let Some(under) = under {
-            let mounted = open_in_root(root, dest, libc::O_PATH | libc::O_DIRECTORY)
+            let mounted = open_in_root(root, dest, libc::O_RDONLY | libc::O_DIRECTORY)
                 .ctx(|| format!("resolve {}", dest.display()))?;
-            copy_tree(
-                Path::new(&fd_path(under.as_fd())),
-                Path::new(&fd_path(mounted.as_fd())),
-            )
-            .ctx(|| {
+            copy_tree(under.as_fd(), mounted.as_fd()).ctx(|| {
                 format!(
                     "tmpcopyup: copy the contents of {} into the tmpfs",
                     dest.display()
@@ -518,36 +516,149 @@ fn mount_one(root: BorrowedFd, index: usize, m: &Mount, ctx: &RootfsContext) -> 
     Ok(())
 }
 
-/// Copy a directory tree with modes, owners and symlinks (for tmpcopyup). Both sides are
-/// /proc/self/fd paths of directories already resolved inside the rootfs, so no path in the
-/// image can redirect the copy; symlinks are copied as links, never followed.
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{lchown, MetadataExt, PermissionsExt};
-    let top = std::fs::metadata(from)?;
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(top.mode() & 0o7777))?;
-    lchown(to, Some(top.uid()), Some(top.gid()))?;
-    for entry in std::fs::read_dir(from)? {
+/// Copy a directory tree with modes, owners and symlinks (for tmpcopyup), from one
+/// directory descriptor to another. Every step is relative to a descriptor opened with
+/// O_NOFOLLOW, so nothing in the image can redirect the copy, and no path string is ever
+/// built below /proc/self/fd; symlinks are copied as links, never followed.
+fn copy_tree(from: BorrowedFd, to: BorrowedFd) -> nix::Result<()> {
+    use nix::fcntl::{openat, AtFlags, OFlag};
+    use nix::sys::stat::{fchmod, fstat, fstatat, mkdirat};
+    let owned = |fd: i32| {
+        // SAFETY: fresh descriptor from openat.
+        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+    };
+    let chown_at = |dir: BorrowedFd, name: &OsStr, uid, gid| {
+        fchownat(
+            Some(dir.as_raw_fd()),
+            name,
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    let top = fstat(from.as_raw_fd())?;
+    fchmod(to.as_raw_fd(), Mode::from_bits_truncate(top.st_mode & 0o7777))?;
+    nix::unistd::fchown(
+        to.as_raw_fd(),
+        Some(Uid::from_raw(top.st_uid)),
+        Some(Gid::from_raw(top.st_gid)),
+    )?;
+    let listing = owned(openat(
+        Some(from.as_raw_fd()),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?);
+    let mut dir = nix::dir::Dir::from_fd(listing.as_raw_fd())?;
+    std::mem::forget(listing); // the Dir owns it now
+    for entry in dir.iter() {
         let entry = entry?;
-        let src = entry.path();
-        let dst = to.join(entry.file_name());
-        let meta = std::fs::symlink_metadata(&src)?;
-        let ft = meta.file_type();
-        if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
-        } else if ft.is_dir() {
-            std::fs::create_dir(&dst)?;
-            copy_tree(&src, &dst)?;
-            continue;
-        } else if ft.is_file() {
-            std::fs::copy(&src, &dst)?;
-            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-        } else {
-            // Device nodes, fifos and sockets are not copied up (as runc).
+        let name = OsStr::from_bytes(entry.file_name().to_bytes());
+        if name == "." || name == ".." {
             continue;
         }
-        lchown(&dst, Some(meta.uid()), Some(meta.gid()))?;
+        let st = fstatat(Some(from.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        let mode = Mode::from_bits_truncate(st.st_mode & 0o7777);
+        match SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT) {
+            SFlag::S_IFLNK => {
+                let target = nix::fcntl::readlinkat(Some(from.as_raw_fd()), name)?;
+                nix::unistd::symlinkat(target.as_os_str(), Some(to.as_raw_fd()), name)?;
+            }
+            SFlag::S_IFDIR => {
+                mkdirat(Some(to.as_raw_fd()), name, Mode::from_bits_truncate(0o700))?;
+                let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+                let src = owned(openat(Some(from.as_raw_fd()), name, flags, Mode::empty())?);
+                let dst = owned(openat(Some(to.as_raw_fd()), name, flags, Mode::empty())?);
+                copy_tree(src.as_fd(), dst.as_fd())?;
+                continue;
+            }
+            SFlag::S_IFREG => {
+                let src = owned(openat(
+                    Some(from.as_raw_fd()),
+                    name,
+                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )?);
+                let dst = owned(openat(
+                    Some(to.as_raw_fd()),
+                    name,
+                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )?);
+                let (mut r, mut w) = (std::fs::File::from(src), std::fs::File::from(dst));
+                std::io::copy(&mut r, &mut w)
+                    .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+                fchmod(w.as_raw_fd(), mode)?;
+            }
+            // Device nodes, fifos and sockets are not copied up (as runc).
+            _ => continue,
+        }
+        chown_at(to, name, st.st_uid, st.st_gid)?;
     }
     Ok(())
+}
+
+/// runc's rule (CVE-2019-16884 class): nothing but a proc filesystem is mounted on the
+/// container's /proc, and nothing is mounted over a file or directory of procfs except the
+/// files lxcfs-style tools provide (and CRIU's ns_last_pid) — otherwise a later write to
+/// /proc/sys, /proc/self/attr or a masked path could land in whatever the mount brought.
+/// Decided on the resolved target, so a symlink in the image cannot route around it.
+fn refuse_shadowing_proc(
+    root: BorrowedFd,
+    dest: &Path,
+    typ: &str,
+    bind: bool,
+    target: &OwnedFd,
+    rootfs: &Path,
+) -> Result<()> {
+    const ALLOWED: &[&str] = &[
+        "/proc/cpuinfo",
+        "/proc/diskstats",
+        "/proc/meminfo",
+        "/proc/stat",
+        "/proc/swaps",
+        "/proc/uptime",
+        "/proc/loadavg",
+        "/proc/slabinfo",
+        "/proc/net/dev",
+        "/proc/sys/kernel/ns_last_pid",
+    ];
+    let same = |a: &nix::sys::stat::FileStat, b: &nix::sys::stat::FileStat| {
+        a.st_dev == b.st_dev && a.st_ino == b.st_ino
+    };
+    let st = nix::sys::stat::fstat(target.as_raw_fd()).ctx(|| format!("stat {}", dest.display()))?;
+    let proc_dir = open_in_root(root, Path::new("/proc"), libc::O_PATH)
+        .ok()
+        .and_then(|fd| nix::sys::stat::fstat(fd.as_raw_fd()).ok());
+    let is_proc_dir = proc_dir.is_some_and(|p| same(&p, &st))
+        || crate::procfs::is_procfs(target.as_fd())? && st.st_ino == 1;
+    if is_proc_dir {
+        if typ == "proc" {
+            return Ok(());
+        }
+        return Err(Error::config(format!(
+            "{} is the container's /proc: only a proc filesystem can be mounted there (not {})",
+            dest.display(),
+            if bind { "a bind mount" } else { typ }
+        )));
+    }
+    if !crate::procfs::is_procfs(target.as_fd())? {
+        return Ok(());
+    }
+    // On procfs: only a file bind at one of the allowed paths, really resolved there.
+    let resolved = std::fs::read_link(fd_path(target.as_fd())).unwrap_or_default();
+    let allowed = bind
+        && ALLOWED.iter().any(|a| {
+            Path::new(a) == dest && resolved == rootfs.join(a.trim_start_matches('/'))
+        });
+    if allowed {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "{} is inside /proc: mounting over procfs is refused (only binds of {} are allowed)",
+        dest.display(),
+        ALLOWED.join(", ")
+    )))
 }
 
 /// Remount a bind mount with new flags. In a user namespace some flags of the source are
@@ -1025,7 +1136,9 @@ pub fn switch_root(root: OwnedFd, no_pivot: bool) -> Result<()> {
 }
 
 /// After pivot_root: propagation of the new root, sysctls, masked and read-only paths, and a
-/// read-only root if asked.
+/// read-only root if asked. Every write to /proc goes through a verified procfs handle and
+/// every mount is made with descriptors (the new mount API), never by a path the container's
+/// mounts or symlinks could redirect.
 pub fn finish(spec: &Spec) -> Result<()> {
     let linux = spec.linux().as_ref();
     if let Some(p) = linux
@@ -1034,26 +1147,28 @@ pub fn finish(spec: &Spec) -> Result<()> {
     {
         mount(None::<&str>, "/", None::<&str>, p, None::<&str>).ctx(|| "set rootfsPropagation")?;
     }
-    if let Some(sysctl) = linux.and_then(|l| l.sysctl().as_ref()) {
+    let sysctl = linux.and_then(|l| l.sysctl().as_ref()).filter(|s| !s.is_empty());
+    let masked = linux.and_then(|l| l.masked_paths().as_ref()).map_or(&[][..], |v| v);
+    let readonly = linux.and_then(|l| l.readonly_paths().as_ref()).map_or(&[][..], |v| v);
+    let root: OwnedFd = std::fs::File::open("/").ctx(|| "open the new root")?.into();
+    if let Some(sysctl) = sysctl {
+        let proc = crate::procfs::Proc::open(Path::new("/proc"))
+            .map_err(|e| Error::config(format!("linux.sysctl: {e}")))?;
         for (key, value) in sysctl {
-            let path = format!("/proc/sys/{}", key.replace('.', "/"));
-            std::fs::write(&path, value.as_bytes())
-                .ctx(|| format!("linux.sysctl: set {key}={value}"))?;
+            proc.write_sysctl(key, value)
+                .map_err(|e| Error::config(format!("linux.sysctl: set {key}={value}: {e}")))?;
         }
     }
-    for p in linux
-        .and_then(|l| l.masked_paths().as_ref())
-        .into_iter()
-        .flatten()
-    {
-        mask_path(p)?;
+    if !masked.is_empty() {
+        let null = verified_dev_null(root.as_fd())?;
+        for p in masked {
+            mask_path(root.as_fd(), p, &null)
+                .map_err(|e| Error::config(format!("linux.maskedPaths: {p}: {e}")))?;
+        }
     }
-    for p in linux
-        .and_then(|l| l.readonly_paths().as_ref())
-        .into_iter()
-        .flatten()
-    {
-        readonly_path(p)?;
+    for p in readonly {
+        readonly_path(root.as_fd(), p)
+            .map_err(|e| Error::config(format!("linux.readonlyPaths: {p}: {e}")))?;
     }
     if spec
         .root()
@@ -1061,61 +1176,74 @@ pub fn finish(spec: &Spec) -> Result<()> {
         .and_then(|r| r.readonly())
         .unwrap_or(false)
     {
-        remount_bind("/", MsFlags::MS_RDONLY).ctx(|| "root.readonly: remount / read-only")?;
+        mount_setattr(root.as_fd(), false, MOUNT_ATTR_RDONLY, 0, None)
+            .ctx(|| "root.readonly: make / read-only")?;
     }
     Ok(())
 }
 
-fn mask_path(path: &str) -> Result<()> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).ctx(|| format!("linux.maskedPaths: {path}")),
-    };
-    if meta.is_dir() {
-        mount(
-            Some("tmpfs"),
-            path,
-            Some("tmpfs"),
-            MsFlags::MS_RDONLY,
-            Some("size=0k"),
-        )
-        .ctx(|| format!("linux.maskedPaths: mask {path}"))
-    } else {
-        match mount(
-            Some("/dev/null"),
-            path,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        ) {
-            // A path below an already read-only or masked tree cannot be a mount point: fine.
-            Err(Errno::ENOENT) => Ok(()),
-            r => r.ctx(|| format!("linux.maskedPaths: mask {path}")),
-        }
+/// The container's /dev/null, checked to be the null character device (1:3): what masks a
+/// file must not be something the container swapped in (CVE-2025-31133).
+fn verified_dev_null(root: BorrowedFd) -> Result<OwnedFd> {
+    let fd = open_in_root(root, Path::new("/dev/null"), libc::O_PATH | libc::O_NOFOLLOW)
+        .ctx(|| "linux.maskedPaths: open /dev/null in the container")?;
+    let st = nix::sys::stat::fstat(fd.as_raw_fd()).ctx(|| "stat /dev/null")?;
+    let is_char = SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT) == SFlag::S_IFCHR;
+    if !is_char || st.st_rdev != nix::sys::stat::makedev(1, 3) {
+        return Err(Error::config(
+            "linux.maskedPaths: /dev/null in the container is not the null device (char 1:3); \
+             refusing to mask paths with it",
+        ));
     }
+    Ok(fd)
 }
 
-fn readonly_path(path: &str) -> Result<()> {
-    match mount(
-        Some(path),
-        path,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    ) {
-        Err(Errno::ENOENT) => return Ok(()),
-        r => r.ctx(|| format!("linux.readonlyPaths: bind {path}"))?,
+/// The target of a masked or read-only path, resolved inside the root; None if it does not
+/// exist (nothing to hide). Below /proc it must still be procfs: a mount shadowing it would
+/// otherwise be "masked" instead of the real file.
+fn resolve_protected_path(root: BorrowedFd, path: &str) -> Result<Option<OwnedFd>> {
+    let fd = match open_in_root(root, Path::new(path), libc::O_PATH) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e).ctx(|| format!("resolve {path}")),
+    };
+    if Path::new(path).starts_with("/proc") && !crate::procfs::is_procfs(fd.as_fd())? {
+        return Err(Error::config(format!(
+            "{path} is not on procfs (a mount shadows /proc)"
+        )));
     }
-    remount_bind(
-        path,
-        MsFlags::MS_RDONLY
-            | MsFlags::MS_REC
-            | MsFlags::MS_NOSUID
-            | MsFlags::MS_NODEV
-            | MsFlags::MS_NOEXEC,
+    Ok(Some(fd))
+}
+
+fn mask_path(root: BorrowedFd, path: &str, null: &OwnedFd) -> Result<()> {
+    let Some(target) = resolve_protected_path(root, path)? else {
+        return Ok(());
+    };
+    let st = nix::sys::stat::fstat(target.as_raw_fd()).ctx(|| format!("stat {path}"))?;
+    let cover = if SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT) == SFlag::S_IFDIR {
+        crate::sys::detached_tmpfs(&[("size", "0k")], MOUNT_ATTR_RDONLY)
+            .ctx(|| "make an empty read-only tmpfs")?
+    } else {
+        crate::sys::open_tree_clone_fd(null.as_fd(), false).ctx(|| "clone /dev/null")?
+    };
+    crate::sys::move_mount(cover.as_fd(), target.as_fd()).ctx(|| format!("mask {path}"))
+}
+
+fn readonly_path(root: BorrowedFd, path: &str) -> Result<()> {
+    let Some(target) = resolve_protected_path(root, path)? else {
+        return Ok(());
+    };
+    let tree = crate::sys::open_tree_clone_fd(target.as_fd(), true)
+        .ctx(|| format!("bind {path}"))?;
+    mount_setattr(
+        tree.as_fd(),
+        true,
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+        0,
+        None,
     )
-    .ctx(|| format!("linux.readonlyPaths: remount {path} read-only"))
+    .ctx(|| format!("make {path} read-only"))?;
+    crate::sys::move_mount(tree.as_fd(), target.as_fd()).ctx(|| format!("attach {path} read-only"))
 }
 
 #[cfg(test)]

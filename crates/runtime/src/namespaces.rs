@@ -27,9 +27,16 @@ pub struct NsPlan {
     pub new_time: bool,
     pub new_mount: bool,
     pub joined_mount: bool,
-    /// Joining a user or pid namespace, or creating a user namespace while joining others,
-    /// needs an intermediate process (setns first, then clone).
+    /// Joining a user namespace, or creating one while joining others, needs an
+    /// intermediate process (setns first, then clone).
     pub slow: bool,
+    /// A pid namespace joined by path, by an init that stays in the host's user namespace:
+    /// joined only once the rootfs is built and pivoted into (see `init::enter_joined_pid_ns`),
+    /// so no process the others in that namespace can see ever has the host's root, cwd or
+    /// directories. (Inside a user namespace the init cannot join a pid namespace owned by
+    /// the host's, and non-dumpable is enough there: nothing in the container has
+    /// CAP_SYS_PTRACE over the runtime's user namespace.)
+    pub late_pid: Option<OwnedFd>,
 }
 
 impl NsPlan {
@@ -48,6 +55,7 @@ impl NsPlan {
             new_mount: false,
             joined_mount: false,
             slow: false,
+            late_pid: None,
         };
         for (i, ns) in namespaces.iter().enumerate() {
             let t = ns.typ();
@@ -108,6 +116,15 @@ impl NsPlan {
             .joined
             .iter()
             .any(|(t, _)| *t == LinuxNamespaceType::User);
+        if !joins_user && !plan.new_user {
+            if let Some(i) = plan
+                .joined
+                .iter()
+                .position(|(t, _)| *t == LinuxNamespaceType::Pid)
+            {
+                plan.late_pid = Some(plan.joined.remove(i).1);
+            }
+        }
         let joins_pid = plan
             .joined
             .iter()
@@ -159,8 +176,9 @@ impl NsPlan {
                 ));
             }
             if !text.is_empty() {
-                std::fs::write("/proc/self/timens_offsets", text.as_bytes())
-                    .ctx(|| "linux.timeOffsets: write /proc/self/timens_offsets")?;
+                crate::procfs::Proc::open(std::path::Path::new("/proc"))
+                    .and_then(|p| p.write_self("timens_offsets", text.as_bytes()))
+                    .map_err(|e| Error::config(format!("linux.timeOffsets: {e}")))?;
             }
             let child_ns = std::fs::File::open("/proc/self/ns/time_for_children")
                 .ctx(|| "open the new time namespace")?;

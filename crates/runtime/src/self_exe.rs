@@ -24,7 +24,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// Seals that make a memfd's content immutable for good.
 const SEALS: libc::c_int =
@@ -127,16 +127,7 @@ fn open_self_exe() -> io::Result<OwnedFd> {
 
 /// A detached read-only bind mount whose root is the executable itself.
 fn read_only_clone(exe: BorrowedFd) -> io::Result<OwnedFd> {
-    const OPEN_TREE_CLONE: libc::c_uint = 1;
-    let flags =
-        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
-    // SAFETY: valid descriptor and empty C string.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, exe.as_raw_fd(), c"".as_ptr(), flags) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptor.
-    let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let tree = crate::sys::open_tree_clone_fd(exe, false)?;
     crate::sys::mount_setattr(
         tree.as_fd(),
         false,
