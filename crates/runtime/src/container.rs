@@ -340,20 +340,25 @@ fn kill_and_wait(st: &State, status: Status, cg: Option<&CgroupManager>) -> Resu
 /// How long `delete` waits for a killed init to exit (runc: 10 s too).
 const KILL_WAIT_MS: i32 = 10_000;
 
-/// Remove the container's cgroup, after killing what is left in it: processes outside a
-/// pid namespace may outlive the init.
+/// Remove the container's cgroup, after killing what is left in it (processes outside a
+/// pid namespace may outlive the init), and its resctrl group.
 fn remove_cgroup(st: &State, cg: Option<&CgroupManager>) -> Result<()> {
-    let Some(cg) = cg else { return Ok(()) };
-    if !cg.pids()?.is_empty() {
-        cg.kill_all(libc::SIGKILL).map_err(|e| Error::WrongState {
-            id: st.id.clone(),
-            status: "stopped".into(),
-            action: format!(
-                "cannot kill the processes left in its cgroup: {e}; it was not deleted"
-            ),
-        })?;
+    if let Some(cg) = cg {
+        if !cg.pids()?.is_empty() {
+            cg.kill_all(libc::SIGKILL).map_err(|e| Error::WrongState {
+                id: st.id.clone(),
+                status: "stopped".into(),
+                action: format!(
+                    "cannot kill the processes left in its cgroup: {e}; it was not deleted"
+                ),
+            })?;
+        }
+        cg.remove()?;
     }
-    Ok(cg.remove()?)
+    if let Some(dir) = &st.intel_rdt {
+        crate::rdt::remove(dir)?;
+    }
+    Ok(())
 }
 
 pub fn pause(root: &Path, id: &str) -> Result<()> {

@@ -50,6 +50,7 @@ pub struct Created {
 struct Undo {
     pid: Option<i32>,
     cgroup: Option<CgroupManager>,
+    rdt: Option<PathBuf>,
     pid_file: Option<PathBuf>,
     dir: Option<StateDir>,
 }
@@ -63,6 +64,9 @@ impl Drop for Undo {
         if let Some(cg) = self.cgroup.take() {
             let _ = cg.kill_all(libc::SIGKILL);
             let _ = cg.remove();
+        }
+        if let Some(d) = self.rdt.take() {
+            let _ = crate::rdt::remove(&d);
         }
         if let Some(p) = self.pid_file.take() {
             let _ = std::fs::remove_file(p);
@@ -134,6 +138,8 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         raw,
         rootfs,
     } = spec::load_bundle(&opts.bundle)?;
+    // linux.mountLabel as the mounts' context= option (with SELinux; refused below without).
+    let spec = crate::lsm::label_mounts(spec);
     let process = spec
         .process()
         .as_ref()
@@ -163,6 +169,12 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
             .as_ref()
             .and_then(|l| l.mount_label().as_deref()),
     )?;
+    let rdt = crate::rdt::Group::plan(
+        spec.linux().as_ref().and_then(|l| l.intel_rdt().as_ref()),
+        &opts.id,
+        Path::new(crate::rdt::RESCTRL),
+    )?;
+    let own_rdt = rdt.as_ref().filter(|g| g.owned).map(|g| g.dir.clone());
     // Detached mounts and a reaped helper: nothing to undo on the host if a later step fails.
     let idmapped = crate::idmap::IdmappedMounts::prepare(&spec)?;
     // Only on a pure v2 host does CLONE_INTO_CGROUP place the child in all of its cgroup;
@@ -178,10 +190,11 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     // Root always owns the cgroup (or fails); a rootless create finds out below.
     let as_root = nix::unistd::geteuid().is_root();
     let mut steps = crate::fault::steps("create");
-    let dir = StateDir::create(&opts.root, &opts.id, &cg_path, as_root)?;
+    let dir = StateDir::create(&opts.root, &opts.id, &cg_path, as_root, own_rdt.as_deref())?;
     let mut undo = Undo {
         pid: None,
         cgroup: as_root.then(|| cgroup.clone()),
+        rdt: None,
         pid_file: None,
         dir: Some(dir),
     };
@@ -274,7 +287,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     drop(console);
     drop(idmapped);
 
-    let mut pid = if plan.slow {
+    let pid = if plan.slow {
         loop {
             match parent_end.recv()? {
                 Some((Msg::WriteMaps(p), _)) => {
@@ -317,14 +330,14 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     if v1_by_parent {
         cgroup.add_task_v1(pid)?;
     }
+    if let Some(g) = &rdt {
+        undo.rdt = own_rdt.clone();
+        g.apply(pid)?;
+    }
     if let Some(adj) = process.oom_score_adj() {
-        crate::procfs::Proc::open(Path::new("/proc"))
-            .and_then(|p| p.write(&format!("{pid}/oom_score_adj"), adj.to_string().as_bytes()))
-            .map_err(|e| {
-                Error::config(format!(
-                    "process.oomScoreAdj: set {adj}: {e} (lowering it needs CAP_SYS_RESOURCE)"
-                ))
-            })?;
+        std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string()).ctx(|| {
+            format!("process.oomScoreAdj: set {adj} (lowering it needs CAP_SYS_RESOURCE)")
+        })?;
     }
     parent_end.send(&Msg::Continue)?;
     steps.done("init in its cgroup");
@@ -332,7 +345,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     // Written durably while the child sets itself up, so the syncs overlap with its work.
     // (Until the `creating` record is removed the container does not exist for others.)
     let spec_hooks = spec.hooks().as_ref();
-    let mut state = State {
+    let state = State {
         oci_version: spec.version().to_string(),
         id: opts.id.clone(),
         pid,
@@ -349,6 +362,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
             h.poststart().as_ref().is_some_and(|v| !v.is_empty())
                 || h.poststop().as_ref().is_some_and(|v| !v.is_empty())
         }),
+        intel_rdt: own_rdt,
     };
     dir.save_with_config(&state, &raw)?;
     if let Some(p) = &opts.pid_file {
@@ -357,14 +371,13 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     }
     steps.done("state saved");
 
-    let annotations = state.annotations.clone();
-    let hook_state = |status, pid| HookState {
+    let hook_state = |status| HookState {
         oci_version: spec.version(),
         id: &opts.id,
         status,
         pid: Some(pid),
         bundle: &bundle_dir,
-        annotations: Some(&annotations),
+        annotations: Some(&state.annotations),
     };
     loop {
         match parent_end.recv()? {
@@ -372,12 +385,12 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
                 hooks::run_all(
                     "prestart",
                     spec_hooks.and_then(|h| h.prestart().as_ref()),
-                    &hook_state("creating", pid),
+                    &hook_state("creating"),
                 )?;
                 hooks::run_all(
                     "createRuntime",
                     spec_hooks.and_then(|h| h.create_runtime().as_ref()),
-                    &hook_state("creating", pid),
+                    &hook_state("creating"),
                 )?;
                 steps.done("runtime hooks ran");
                 parent_end.send(&Msg::Continue)?;
@@ -391,26 +404,11 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
                     "fds": ["seccompFd"],
                     "pid": pid,
                     "metadata": spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).and_then(|s| s.listener_metadata().clone()).unwrap_or_default(),
-                    "state": hook_state("creating", pid),
+                    "state": hook_state("creating"),
                 });
                 let body = serde_json::to_vec(&state).map_err(|e| Error::config(e.to_string()))?;
                 vessel_seccomp::send_listener(path, fd.as_fd(), &body)?;
                 parent_end.send(&Msg::Continue)?;
-            }
-            Some((Msg::Reparent(p), _)) => {
-                // A joined pid namespace, entered once the rootfs was built: the process
-                // forked into it is the container from now on; the one that set up exits.
-                let _ = waitpid(Pid::from_raw(pid), None);
-                undo.pid = Some(p);
-                pid = p;
-                state.pid = p;
-                state.pid_start = sys::process_start_time(p).unwrap_or(0);
-                dir.record_pid(p, state.pid_start)?;
-                dir.save_with_config(&state, &raw)?;
-                if let Some(path) = &opts.pid_file {
-                    write_pid_file(path, p)?;
-                }
-                parent_end.send(&Msg::Pid(p))?;
             }
             Some((Msg::Ready, _)) => break,
             Some((Msg::Failed(text), _)) => return Err(Error::Child(text)),
@@ -431,6 +429,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     dir.finish_create()?;
     undo.pid = None;
     undo.cgroup = None;
+    undo.rdt = None;
     undo.pid_file = None;
     steps.done("created");
     let dir = undo.dir.take().expect("set above");

@@ -31,7 +31,7 @@ pub fn features() -> Value {
             "seccomp": seccomp,
             "apparmor": {"enabled": crate::lsm::apparmor_enabled()},
             "selinux": {"enabled": crate::lsm::selinux_enabled()},
-            "intelRdt": {"enabled": false},
+            "intelRdt": {"enabled": crate::rdt::available()},
             "mountExtensions": {"idmap": {"enabled": true}}
         },
         "annotations": {

@@ -57,6 +57,9 @@ pub struct State {
     /// saved config when it does.
     #[serde(default = "yes")]
     pub has_late_hooks: bool,
+    /// The container's own resctrl group (linux.intelRdt without a closID), removed with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intel_rdt: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +133,8 @@ struct Record {
     pid: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pid_start: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    intel_rdt: Option<PathBuf>,
 }
 
 impl Record {
@@ -148,6 +153,7 @@ impl Record {
             out.has_cgroup = r.has_cgroup.or(out.has_cgroup);
             out.pid = r.pid.or(out.pid);
             out.pid_start = r.pid_start.or(out.pid_start);
+            out.intel_rdt = r.intel_rdt.or(out.intel_rdt);
         }
         out
     }
@@ -171,12 +177,14 @@ impl StateDir {
     /// `create` that did not finish, until `delete` removes it — as runc). The `creating`
     /// record names the cgroup before it is created; `has_cgroup` says whether a later
     /// `delete` may kill and remove what it finds there (root always owns it; a rootless
-    /// `create` records it once it knows, with [`StateDir::record_cgroup`]).
+    /// `create` records it once it knows, with [`StateDir::record_cgroup`]); `intel_rdt` is
+    /// the resctrl group the container will own, if any.
     pub fn create(
         root: &Path,
         id: &str,
         cgroups_path: &Path,
         has_cgroup: bool,
+        intel_rdt: Option<&Path>,
     ) -> Result<StateDir> {
         validate_id(id)?;
         fs::DirBuilder::new()
@@ -201,6 +209,7 @@ impl StateDir {
         sd.append_record(&Record {
             cgroups_path: Some(cgroups_path.to_path_buf()),
             has_cgroup: Some(has_cgroup),
+            intel_rdt: intel_rdt.map(Path::to_path_buf),
             ..Record::default()
         })?;
         Ok(sd)
@@ -303,6 +312,7 @@ impl StateDir {
             has_cgroup: rec.has_cgroup.unwrap_or(false),
             stopped_hooks_done: true,
             has_late_hooks: false,
+            intel_rdt: rec.intel_rdt,
         })
     }
 
