@@ -287,7 +287,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     drop(console);
     drop(idmapped);
 
-    let pid = if plan.slow {
+    let mut pid = if plan.slow {
         loop {
             match parent_end.recv()? {
                 Some((Msg::WriteMaps(p), _)) => {
@@ -335,9 +335,13 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         g.apply(pid)?;
     }
     if let Some(adj) = process.oom_score_adj() {
-        std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string()).ctx(|| {
-            format!("process.oomScoreAdj: set {adj} (lowering it needs CAP_SYS_RESOURCE)")
-        })?;
+        crate::procfs::Proc::open(Path::new("/proc"))
+            .and_then(|p| p.write(&format!("{pid}/oom_score_adj"), adj.to_string().as_bytes()))
+            .map_err(|e| {
+                Error::config(format!(
+                    "process.oomScoreAdj: set {adj}: {e} (lowering it needs CAP_SYS_RESOURCE)"
+                ))
+            })?;
     }
     parent_end.send(&Msg::Continue)?;
     steps.done("init in its cgroup");
@@ -345,7 +349,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     // Written durably while the child sets itself up, so the syncs overlap with its work.
     // (Until the `creating` record is removed the container does not exist for others.)
     let spec_hooks = spec.hooks().as_ref();
-    let state = State {
+    let mut state = State {
         oci_version: spec.version().to_string(),
         id: opts.id.clone(),
         pid,
@@ -371,13 +375,14 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     }
     steps.done("state saved");
 
-    let hook_state = |status| HookState {
+    let annotations = state.annotations.clone();
+    let hook_state = |status, pid| HookState {
         oci_version: spec.version(),
         id: &opts.id,
         status,
         pid: Some(pid),
         bundle: &bundle_dir,
-        annotations: Some(&state.annotations),
+        annotations: Some(&annotations),
     };
     loop {
         match parent_end.recv()? {
@@ -385,12 +390,12 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
                 hooks::run_all(
                     "prestart",
                     spec_hooks.and_then(|h| h.prestart().as_ref()),
-                    &hook_state("creating"),
+                    &hook_state("creating", pid),
                 )?;
                 hooks::run_all(
                     "createRuntime",
                     spec_hooks.and_then(|h| h.create_runtime().as_ref()),
-                    &hook_state("creating"),
+                    &hook_state("creating", pid),
                 )?;
                 steps.done("runtime hooks ran");
                 parent_end.send(&Msg::Continue)?;
@@ -404,11 +409,26 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
                     "fds": ["seccompFd"],
                     "pid": pid,
                     "metadata": spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).and_then(|s| s.listener_metadata().clone()).unwrap_or_default(),
-                    "state": hook_state("creating"),
+                    "state": hook_state("creating", pid),
                 });
                 let body = serde_json::to_vec(&state).map_err(|e| Error::config(e.to_string()))?;
                 vessel_seccomp::send_listener(path, fd.as_fd(), &body)?;
                 parent_end.send(&Msg::Continue)?;
+            }
+            Some((Msg::Reparent(p), _)) => {
+                // A joined pid namespace, entered once the rootfs was built: the process
+                // forked into it is the container from now on; the one that set up exits.
+                let _ = waitpid(Pid::from_raw(pid), None);
+                undo.pid = Some(p);
+                pid = p;
+                state.pid = p;
+                state.pid_start = sys::process_start_time(p).unwrap_or(0);
+                dir.record_pid(p, state.pid_start)?;
+                dir.save_with_config(&state, &raw)?;
+                if let Some(path) = &opts.pid_file {
+                    write_pid_file(path, p)?;
+                }
+                parent_end.send(&Msg::Pid(p))?;
             }
             Some((Msg::Ready, _)) => break,
             Some((Msg::Failed(text), _)) => return Err(Error::Child(text)),

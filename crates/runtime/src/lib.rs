@@ -20,6 +20,7 @@ pub mod lsm;
 pub mod mounts;
 pub mod namespaces;
 pub mod process;
+pub mod procfs;
 pub mod rdt;
 pub mod self_exe;
 pub mod spec;

@@ -82,21 +82,25 @@ fn add_context(spec: &mut oci_spec::runtime::Spec, label: &str) {
 
 /// Arrange for the profile/label to take effect at execve.
 pub fn apply_on_exec(process: &oci_spec::runtime::Process) -> Result<()> {
-    if let Some(p) = process
+    let profile = process
         .apparmor_profile()
         .as_deref()
-        .filter(|p| !p.is_empty())
-    {
-        let path = if std::path::Path::new("/proc/self/attr/apparmor/exec").exists() {
-            "/proc/self/attr/apparmor/exec"
-        } else {
-            "/proc/self/attr/exec"
-        };
-        std::fs::write(path, format!("exec {p}"))
+        .filter(|p| !p.is_empty());
+    let label = process.selinux_label().as_deref().filter(|l| !l.is_empty());
+    if profile.is_none() && label.is_none() {
+        return Ok(());
+    }
+    // Through a verified procfs handle: /proc/self/attr shadowed by a mount would take the
+    // label and leave the process unconfined (CVE-2019-16884).
+    let proc = crate::procfs::Proc::open(std::path::Path::new("/proc"))?;
+    if let Some(p) = profile {
+        let data = format!("exec {p}");
+        proc.write_self("attr/apparmor/exec", data.as_bytes())
+            .or_else(|_| proc.write_self("attr/exec", data.as_bytes()))
             .map_err(|e| Error::Child(format!("process.apparmorProfile: apply {p:?}: {e}")))?;
     }
-    if let Some(l) = process.selinux_label().as_deref().filter(|l| !l.is_empty()) {
-        std::fs::write("/proc/self/attr/exec", l)
+    if let Some(l) = label {
+        proc.write_self("attr/exec", l.as_bytes())
             .map_err(|e| Error::Child(format!("process.selinuxLabel: apply {l:?}: {e}")))?;
     }
     Ok(())
