@@ -140,16 +140,17 @@ impl Tail {
 
 /// Feed the hook its input and read its stdout and stderr while it runs (a hook that writes
 /// more than a pipe holds must not block), until it exits or `deadline` passes. One thread:
-/// poll on the pipes and a pidfd. Output written by processes the hook left behind after
-/// it exited is not waited for.
+/// poll on the pipes and a pidfd (or, where a seccomp profile loaded before startContainer
+/// hooks refuses pidfd_open, a 10 ms tick with try_wait). Output written by processes the
+/// hook left behind after it exited is not waited for.
 fn talk(
     child: &mut std::process::Child,
     input: &[u8],
     deadline: Option<Instant>,
 ) -> std::result::Result<Output, String> {
     use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-    let pidfd = crate::sys::pidfd_open(child.id() as i32).map_err(|e| format!("pidfd: {e}"))?;
-    let mut stdin = child.stdin.take();
+    let pidfd = crate::sys::pidfd_open(child.id() as i32).ok();
+    let mut stdin = child.stdin.take().filter(|_| !input.is_empty());
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     for fd in [
@@ -167,11 +168,8 @@ fn talk(
         stderr: Tail::default(),
         timed_out: false,
     };
-    let mut pipes = [(stdout.map(OwnedFd::from)), (stderr.map(OwnedFd::from))];
+    let mut pipes = [stdout.map(OwnedFd::from), stderr.map(OwnedFd::from)];
     let mut written = 0;
-    if input.is_empty() {
-        stdin = None;
-    }
     // Read what is there now; false once the pipe is at its end.
     fn drain(fd: BorrowedFd, tail: &mut Tail) -> bool {
         let mut buf = [0u8; 16 << 10];
@@ -185,27 +183,24 @@ fn talk(
             }
         }
     }
+    let pollfd = |fd: i32, events| libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
     loop {
-        let mut fds = vec![libc::pollfd {
-            fd: pidfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
+        let mut fds = Vec::with_capacity(4);
+        if let Some(p) = &pidfd {
+            fds.push(pollfd(p.as_raw_fd(), libc::POLLIN));
+        }
+        let stdin_at = fds.len();
         if let Some(s) = &stdin {
-            fds.push(libc::pollfd {
-                fd: s.as_raw_fd(),
-                events: libc::POLLOUT,
-                revents: 0,
-            });
+            fds.push(pollfd(s.as_raw_fd(), libc::POLLOUT));
         }
         for p in pipes.iter().flatten() {
-            fds.push(libc::pollfd {
-                fd: p.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            fds.push(pollfd(p.as_raw_fd(), libc::POLLIN));
         }
-        let wait_ms = match deadline {
+        let mut wait_ms = match deadline {
             None => -1,
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
@@ -216,6 +211,9 @@ fn talk(
                 i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX)
             }
         };
+        if pidfd.is_none() && !(0..=10).contains(&wait_ms) {
+            wait_ms = 10;
+        }
         // SAFETY: a valid array of pollfds.
         let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
         if r < 0 {
@@ -226,7 +224,7 @@ fn talk(
             return Err(format!("poll: {err}"));
         }
         if let Some(s) = &mut stdin {
-            if fds[1].revents != 0 {
+            if fds[stdin_at].revents != 0 {
                 match s.write(&input[written..]) {
                     Ok(n) => written += n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -240,7 +238,11 @@ fn talk(
                 }
             }
         }
-        let exited = fds[0].revents != 0;
+        // Checked before the last reads: what it wrote before exiting is in the pipes.
+        let exited = match &pidfd {
+            Some(_) => fds[0].revents != 0,
+            None => matches!(child.try_wait(), Ok(Some(_)) | Err(_)),
+        };
         for (pipe, tail) in pipes.iter_mut().zip([&mut out.stdout, &mut out.stderr]) {
             if let Some(p) = pipe {
                 if !drain(p.as_fd(), tail) {

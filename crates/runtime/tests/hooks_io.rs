@@ -130,3 +130,35 @@ fn a_failing_hook_shows_its_output_in_the_error_like_runc() {
         remove_cgroup_tree(&cg);
     }
 }
+
+#[test]
+fn start_container_hooks_under_a_seccomp_profile_without_pidfd_open() {
+    // Without noNewPrivileges the filter is loaded before the init waits for `start`, so
+    // startContainer hooks run under it: the runtime's hook runner must manage without
+    // pidfd_open.
+    let env = TestEnv::new();
+    let id = unique("hooks");
+    let cg = unique("cg");
+    let _guard = Cleanup {
+        env: &env,
+        id: id.clone(),
+    };
+    let mut cfg = busybox_config(&["true"], &cg);
+    cfg["process"]["noNewPrivileges"] = json!(false);
+    cfg["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["pidfd_open"], "action": "SCMP_ACT_ERRNO"}]
+    });
+    cfg["hooks"] = json!({"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c",
+        "cat >/dev/null; head -c 1048576 /dev/zero; echo done > /hook.log"]}]});
+    env.write_config(&cfg);
+    let bundle = env.bundle.to_str().unwrap();
+    let (ok, _, err) = run_bounded(RT, &env.root, &env, &["run", "--bundle", bundle, &id], 60)
+        .expect("vessel-runtime run hung");
+    assert!(ok, "run: {err}");
+    assert_eq!(
+        std::fs::read_to_string(env.bundle.join("rootfs/hook.log")).unwrap_or_default(),
+        "done\n"
+    );
+    assert_gone(&env, &id, &cg);
+}
