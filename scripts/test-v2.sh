@@ -10,7 +10,7 @@ if [ ! -x "$vm_run" ]; then
 fi
 bins=$(cargo test -p vessel-cgroups -p vessel-runtime --no-run --locked --message-format=json 2>/dev/null \
   | jq -r 'select(.reason == "compiler-artifact" and .profile.test == true and .target.kind == ["test"]) | .executable' \
-  | grep -E '/(manager|lifecycle|isolation|bad_input|hooks|console|resources|rootless|escape_attacks|proc_hardening|crash_safety)-[0-9a-f]+$')
+  | grep -E '/(manager|lifecycle|isolation|bad_input|hooks|console|resources|rootless|escape_attacks|proc_hardening|crash_safety|hooks_io|lsm_rdt|delete_reports)-[0-9a-f]+$')
 [ -n "$bins" ] || { echo "test-v2: no test binaries built" >&2; exit 1; }
 # The guest's /tmp cannot hold unix sockets: give the tests a tmpfs of their own.
 script='mount | grep -q "^cgroup2 on /sys/fs/cgroup " || { echo "guest is not pure cgroup v2"; mount | grep cgroup; exit 1; }; '

@@ -267,8 +267,14 @@ fn enter_joined_pid_ns(channel: &Channel, pid_ns: &OwnedFd) -> Result<i32> {
     nix::sched::setns(pid_ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWPID)
         .ctx(|| "join the container's pid namespace")?;
     // SAFETY: single-threaded; the child carries on with the setup.
-    match unsafe { sys::clone3(nix::sched::CloneFlags::empty(), libc::CLONE_PARENT as u64, None) }
-        .ctx(|| "clone into the container's pid namespace")?
+    match unsafe {
+        sys::clone3(
+            nix::sched::CloneFlags::empty(),
+            libc::CLONE_PARENT as u64,
+            None,
+        )
+    }
+    .ctx(|| "clone into the container's pid namespace")?
     {
         Forked::Child => match channel.recv()? {
             Some((Msg::Pid(p), _)) => Ok(p),

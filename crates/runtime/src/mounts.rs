@@ -7,8 +7,8 @@
 //! redirect a mount to the host (CVE-2021-30465 class).
 
 use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
@@ -537,7 +537,10 @@ fn copy_tree(from: BorrowedFd, to: BorrowedFd) -> nix::Result<()> {
         )
     };
     let top = fstat(from.as_raw_fd())?;
-    fchmod(to.as_raw_fd(), Mode::from_bits_truncate(top.st_mode & 0o7777))?;
+    fchmod(
+        to.as_raw_fd(),
+        Mode::from_bits_truncate(top.st_mode & 0o7777),
+    )?;
     nix::unistd::fchown(
         to.as_raw_fd(),
         Some(Uid::from_raw(top.st_uid)),
@@ -566,7 +569,8 @@ fn copy_tree(from: BorrowedFd, to: BorrowedFd) -> nix::Result<()> {
             }
             SFlag::S_IFDIR => {
                 mkdirat(Some(to.as_raw_fd()), name, Mode::from_bits_truncate(0o700))?;
-                let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+                let flags =
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
                 let src = owned(openat(Some(from.as_raw_fd()), name, flags, Mode::empty())?);
                 let dst = owned(openat(Some(to.as_raw_fd()), name, flags, Mode::empty())?);
                 copy_tree(src.as_fd(), dst.as_fd())?;
@@ -582,7 +586,11 @@ fn copy_tree(from: BorrowedFd, to: BorrowedFd) -> nix::Result<()> {
                 let dst = owned(openat(
                     Some(to.as_raw_fd()),
                     name,
-                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
                     Mode::from_bits_truncate(0o600),
                 )?);
                 let (mut r, mut w) = (std::fs::File::from(src), std::fs::File::from(dst));
@@ -626,7 +634,8 @@ fn refuse_shadowing_proc(
     let same = |a: &nix::sys::stat::FileStat, b: &nix::sys::stat::FileStat| {
         a.st_dev == b.st_dev && a.st_ino == b.st_ino
     };
-    let st = nix::sys::stat::fstat(target.as_raw_fd()).ctx(|| format!("stat {}", dest.display()))?;
+    let st =
+        nix::sys::stat::fstat(target.as_raw_fd()).ctx(|| format!("stat {}", dest.display()))?;
     let proc_dir = open_in_root(root, Path::new("/proc"), libc::O_PATH)
         .ok()
         .and_then(|fd| nix::sys::stat::fstat(fd.as_raw_fd()).ok());
@@ -648,9 +657,9 @@ fn refuse_shadowing_proc(
     // On procfs: only a file bind at one of the allowed paths, really resolved there.
     let resolved = std::fs::read_link(fd_path(target.as_fd())).unwrap_or_default();
     let allowed = bind
-        && ALLOWED.iter().any(|a| {
-            Path::new(a) == dest && resolved == rootfs.join(a.trim_start_matches('/'))
-        });
+        && ALLOWED
+            .iter()
+            .any(|a| Path::new(a) == dest && resolved == rootfs.join(a.trim_start_matches('/')));
     if allowed {
         return Ok(());
     }
@@ -1147,9 +1156,15 @@ pub fn finish(spec: &Spec) -> Result<()> {
     {
         mount(None::<&str>, "/", None::<&str>, p, None::<&str>).ctx(|| "set rootfsPropagation")?;
     }
-    let sysctl = linux.and_then(|l| l.sysctl().as_ref()).filter(|s| !s.is_empty());
-    let masked = linux.and_then(|l| l.masked_paths().as_ref()).map_or(&[][..], |v| v);
-    let readonly = linux.and_then(|l| l.readonly_paths().as_ref()).map_or(&[][..], |v| v);
+    let sysctl = linux
+        .and_then(|l| l.sysctl().as_ref())
+        .filter(|s| !s.is_empty());
+    let masked = linux
+        .and_then(|l| l.masked_paths().as_ref())
+        .map_or(&[][..], |v| v);
+    let readonly = linux
+        .and_then(|l| l.readonly_paths().as_ref())
+        .map_or(&[][..], |v| v);
     let root: OwnedFd = std::fs::File::open("/").ctx(|| "open the new root")?.into();
     if let Some(sysctl) = sysctl {
         let proc = crate::procfs::Proc::open(Path::new("/proc"))
@@ -1185,8 +1200,12 @@ pub fn finish(spec: &Spec) -> Result<()> {
 /// The container's /dev/null, checked to be the null character device (1:3): what masks a
 /// file must not be something the container swapped in (CVE-2025-31133).
 fn verified_dev_null(root: BorrowedFd) -> Result<OwnedFd> {
-    let fd = open_in_root(root, Path::new("/dev/null"), libc::O_PATH | libc::O_NOFOLLOW)
-        .ctx(|| "linux.maskedPaths: open /dev/null in the container")?;
+    let fd = open_in_root(
+        root,
+        Path::new("/dev/null"),
+        libc::O_PATH | libc::O_NOFOLLOW,
+    )
+    .ctx(|| "linux.maskedPaths: open /dev/null in the container")?;
     let st = nix::sys::stat::fstat(fd.as_raw_fd()).ctx(|| "stat /dev/null")?;
     let is_char = SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT) == SFlag::S_IFCHR;
     if !is_char || st.st_rdev != nix::sys::stat::makedev(1, 3) {
@@ -1233,8 +1252,8 @@ fn readonly_path(root: BorrowedFd, path: &str) -> Result<()> {
     let Some(target) = resolve_protected_path(root, path)? else {
         return Ok(());
     };
-    let tree = crate::sys::open_tree_clone_fd(target.as_fd(), true)
-        .ctx(|| format!("bind {path}"))?;
+    let tree =
+        crate::sys::open_tree_clone_fd(target.as_fd(), true).ctx(|| format!("bind {path}"))?;
     mount_setattr(
         tree.as_fd(),
         true,

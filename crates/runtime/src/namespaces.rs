@@ -101,6 +101,7 @@ impl NsPlan {
                 }
             }
         }
+        refuse_host_namespaces(spec, &plan.joined)?;
         if !plan.new_mount && !plan.joined_mount {
             return Err(Error::config(
                 "config.json: linux.namespaces: a mount namespace is required (the rootfs is set up in it)",
@@ -186,6 +187,51 @@ impl NsPlan {
         }
         Ok(())
     }
+}
+
+/// A namespace joined by path may be the runtime's own (`/proc/self/ns/net`, or a path bound
+/// to it): then a sysctl, hostname or domainname would change the host. runc checks this for
+/// the network namespace only; we check every one they belong to.
+fn refuse_host_namespaces(spec: &Spec, joined: &[(LinuxNamespaceType, OwnedFd)]) -> Result<()> {
+    let is_host = |t: LinuxNamespaceType| -> bool {
+        let Some((_, fd)) = joined.iter().find(|(j, _)| *j == t) else {
+            return false;
+        };
+        let ours = std::fs::metadata(format!("/proc/self/ns/{}", ns_name(t)));
+        let theirs = nix::sys::stat::fstat(fd.as_raw_fd());
+        match (ours, theirs) {
+            (Ok(a), Ok(b)) => {
+                use std::os::unix::fs::MetadataExt;
+                a.dev() == b.st_dev && a.ino() == b.st_ino
+            }
+            _ => false,
+        }
+    };
+    let linux = spec.linux().as_ref();
+    for key in linux
+        .and_then(|l| l.sysctl().as_ref())
+        .into_iter()
+        .flat_map(|s| s.keys())
+    {
+        if let Some(t) = crate::spec::sysctl_namespace(key).filter(|t| is_host(*t)) {
+            return Err(Error::config(format!(
+                "config.json: linux.sysctl: {key:?} is not allowed in the host's {} namespace",
+                ns_name(t)
+            )));
+        }
+    }
+    let uts_host = is_host(LinuxNamespaceType::Uts);
+    if uts_host && spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) {
+        return Err(Error::config(
+            "config.json: hostname: the uts namespace joined is the host's own; setting it would rename the host",
+        ));
+    }
+    if uts_host && spec.domainname().as_deref().is_some_and(|h| !h.is_empty()) {
+        return Err(Error::config(
+            "config.json: domainname: the uts namespace joined is the host's own",
+        ));
+    }
+    Ok(())
 }
 
 /// Mappings as /proc/PID/uid_map and gid_map take them: "inside outside count" lines.

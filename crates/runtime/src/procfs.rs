@@ -41,8 +41,8 @@ impl Proc {
         }
         // SAFETY: fresh descriptor.
         let root = unsafe { OwnedFd::from_raw_fd(fd) };
-        let st = nix::sys::stat::fstat(root.as_raw_fd())
-            .ctx(|| format!("stat {}", path.display()))?;
+        let st =
+            nix::sys::stat::fstat(root.as_raw_fd()).ctx(|| format!("stat {}", path.display()))?;
         if !is_procfs(root.as_fd())? || st.st_ino != PROC_ROOT_INO {
             return Err(Error::config(format!(
                 "{} is not the root of a procfs mount (a mount or symlink in the container \
@@ -57,8 +57,8 @@ impl Proc {
     /// `flags`, through no symlink, magic link or mount crossing, and check the result is on
     /// procfs too.
     pub fn open_file(&self, rel: &str, flags: i32) -> Result<OwnedFd> {
-        let fd = openat2_beneath(self.root.as_fd(), rel, flags)
-            .ctx(|| format!("open /proc/{rel}"))?;
+        let fd =
+            openat2_beneath(self.root.as_fd(), rel, flags).ctx(|| format!("open /proc/{rel}"))?;
         if !is_procfs(fd.as_fd())? {
             return Err(Error::config(format!(
                 "/proc/{rel} is not on procfs; refusing to write to it"
@@ -130,7 +130,7 @@ pub fn fs_magic(fd: BorrowedFd) -> Result<i64> {
         return Err(io::Error::last_os_error()).ctx(|| "fstatfs");
     }
     // SAFETY: fstatfs filled it.
-    Ok(unsafe { st.assume_init() }.f_type as i64)
+    Ok(unsafe { st.assume_init() }.f_type)
 }
 
 fn openat2_beneath(dir: BorrowedFd, rel: &str, flags: i32) -> io::Result<OwnedFd> {
@@ -187,7 +187,10 @@ mod tests {
     fn a_directory_that_is_not_procfs_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let err = Proc::open(dir.path()).err().unwrap();
-        assert!(err.to_string().contains("not the root of a procfs"), "{err}");
+        assert!(
+            err.to_string().contains("not the root of a procfs"),
+            "{err}"
+        );
         // A subdirectory of procfs is procfs, but not its root.
         assert!(Proc::open(Path::new("/proc/sys")).is_err());
     }
@@ -197,6 +200,9 @@ mod tests {
         let p = Proc::open(Path::new("/proc")).unwrap();
         // /proc/self is a symlink; "self/status" must not resolve through it.
         assert!(p.read_to_string("self/status").is_err());
-        assert!(p.read_to_string("mounts").is_err(), "/proc/mounts is a symlink");
+        assert!(
+            p.read_to_string("mounts").is_err(),
+            "/proc/mounts is a symlink"
+        );
     }
 }

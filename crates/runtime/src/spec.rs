@@ -157,18 +157,17 @@ pub fn validate(spec: &Spec) -> Result<()> {
         }
     }
     let has = |t| seen.contains(&t);
-    if spec.hostname().as_deref().is_some_and(|h| !h.is_empty())
-        && !new_ns.contains(&LinuxNamespaceType::Uts)
-    {
+    // A namespace joined by path counts as the container's own, as with runc; one that turns
+    // out to be the runtime's own is refused once it is opened (NsPlan::new).
+    if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) && !has(LinuxNamespaceType::Uts) {
         return Err(Error::config(
-            "config.json: hostname: setting a hostname needs a new uts namespace",
+            "config.json: hostname: setting a hostname needs a uts namespace of the container's own",
         ));
     }
-    if spec.domainname().as_deref().is_some_and(|h| !h.is_empty())
-        && !new_ns.contains(&LinuxNamespaceType::Uts)
+    if spec.domainname().as_deref().is_some_and(|h| !h.is_empty()) && !has(LinuxNamespaceType::Uts)
     {
         return Err(Error::config(
-            "config.json: domainname: setting a domainname needs a new uts namespace",
+            "config.json: domainname: setting a domainname needs a uts namespace of the container's own",
         ));
     }
     if let Some(linux) = linux {
@@ -199,7 +198,7 @@ pub fn validate(spec: &Spec) -> Result<()> {
             }
         }
         for (key, _) in linux.sysctl().iter().flatten() {
-            validate_sysctl(key, &new_ns)?;
+            validate_sysctl(key, &seen)?;
         }
         if let Some(p) = linux.rootfs_propagation() {
             if !p.is_empty() && crate::mounts::propagation_flag(p).is_none() {
@@ -269,9 +268,9 @@ pub fn validate_process(process: &oci_spec::runtime::Process, origin: &str) -> R
     Ok(())
 }
 
-/// As runc: a sysctl is only allowed when the namespace it belongs to is the container's own.
-fn validate_sysctl(key: &str, new_ns: &HashSet<LinuxNamespaceType>) -> Result<()> {
-    let ipc = [
+/// The namespace a sysctl belongs to, if it is namespaced at all.
+pub fn sysctl_namespace(key: &str) -> Option<LinuxNamespaceType> {
+    const IPC: [&str; 8] = [
         "kernel.msgmax",
         "kernel.msgmnb",
         "kernel.msgmni",
@@ -281,7 +280,7 @@ fn validate_sysctl(key: &str, new_ns: &HashSet<LinuxNamespaceType>) -> Result<()
         "kernel.shmmni",
         "kernel.shm_rmid_forced",
     ];
-    let needs = if ipc.contains(&key) || key.starts_with("fs.mqueue.") {
+    if IPC.contains(&key) || key.starts_with("fs.mqueue.") {
         Some(LinuxNamespaceType::Ipc)
     } else if key.starts_with("net.") {
         Some(LinuxNamespaceType::Network)
@@ -289,11 +288,22 @@ fn validate_sysctl(key: &str, new_ns: &HashSet<LinuxNamespaceType>) -> Result<()
         Some(LinuxNamespaceType::Uts)
     } else {
         None
-    };
-    match needs {
-        Some(ns) if new_ns.contains(&ns) => Ok(()),
+    }
+}
+
+/// As runc: a sysctl is only allowed when the namespace it belongs to is the container's
+/// (created, or joined by path: see NsPlan::new for a path that is the host's own), and
+/// `kernel.hostname`, which has its own field, is refused as runc and crun do.
+fn validate_sysctl(key: &str, namespaces: &HashSet<LinuxNamespaceType>) -> Result<()> {
+    if key == "kernel.hostname" {
+        return Err(Error::config(
+            "config.json: linux.sysctl: \"kernel.hostname\" is not allowed: it conflicts with the \"hostname\" field",
+        ));
+    }
+    match sysctl_namespace(key) {
+        Some(ns) if namespaces.contains(&ns) => Ok(()),
         Some(ns) => Err(Error::config(format!(
-            "config.json: linux.sysctl: {key:?} needs a new {} namespace",
+            "config.json: linux.sysctl: {key:?} needs a {} namespace of the container's own",
             ns_name(ns)
         ))),
         None => Err(Error::config(format!(

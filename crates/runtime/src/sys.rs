@@ -357,7 +357,8 @@ pub fn detached_tmpfs(options: &[(&str, &str)], attrs: u64) -> io::Result<OwnedF
         )
     })?;
     // SAFETY: valid descriptor.
-    let m = check(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) })?;
+    let m =
+        check(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) })?;
     // SAFETY: fresh descriptor from the kernel.
     Ok(unsafe { OwnedFd::from_raw_fd(m as RawFd) })
 }

@@ -18,22 +18,56 @@ struct Podman {
 
 impl Podman {
     fn new() -> Option<Podman> {
+        Podman::with_conf(|dir| {
+            let conf = dir.join("containers.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\nlog_driver = \"k8s-file\"\n\
+                     [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nruntime = \"vessel\"\n\
+                     [engine.runtimes]\nvessel = [\"{RT}\"]\n"
+                ),
+            )
+            .unwrap();
+            conf
+        })
+    }
+
+    /// Debian's stock containers.conf (its default capabilities, `default_sysctls` with
+    /// net.ipv4.ping_group_range, ...) with only what this host needs added: ulimits within
+    /// root's hard limit, cgroupfs (no systemd), and vessel-runtime as the runtime.
+    fn with_stock_conf() -> Option<Podman> {
+        let stock = std::fs::read_to_string("/usr/share/containers/containers.conf").ok()?;
+        Podman::with_conf(|dir| {
+            let mut text = String::new();
+            for line in stock.lines() {
+                text.push_str(line);
+                text.push('\n');
+                match line.trim() {
+                    "[containers]" => text.push_str(
+                        "default_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n",
+                    ),
+                    "[engine]" => text.push_str(
+                        "cgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nruntime = \"vessel\"\n",
+                    ),
+                    "[engine.runtimes]" => text.push_str(&format!("vessel = [\"{RT}\"]\n")),
+                    _ => {}
+                }
+            }
+            let conf = dir.join("containers.conf");
+            std::fs::write(&conf, text).unwrap();
+            conf
+        })
+    }
+
+    fn with_conf(write_conf: impl FnOnce(&std::path::Path) -> PathBuf) -> Option<Podman> {
         if which("podman").is_none() {
             eprintln!("podman is not installed; skipping");
             return None;
         }
         let env = TestEnv::new();
         let dir = env.tmp.path().to_path_buf();
-        let conf = dir.join("containers.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\nlog_driver = \"k8s-file\"\n\
-                 [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nruntime = \"vessel\"\n\
-                 [engine.runtimes]\nvessel = [\"{RT}\"]\n"
-            ),
-        )
-        .unwrap();
+        let conf = write_conf(&dir);
         let p = Podman {
             cgroup_parent: format!("/{}", unique("podman")),
             image: "localhost/vesseltest-busybox:latest".into(),
@@ -284,4 +318,20 @@ fn podman_exec_stop_kill_pause() {
     assert!(o.status.success(), "wait: {}", stderr(&o));
     let o = p.podman(&["rm", &name]);
     assert!(o.status.success(), "rm: {}", stderr(&o));
+}
+
+#[test]
+fn podman_with_the_stock_containers_conf() {
+    // Debian's default_sysctls (net.ipv4.ping_group_range) reach the runtime with a network
+    // namespace joined by path; runc accepts that, and so must we.
+    let Some(p) = Podman::with_stock_conf() else {
+        return;
+    };
+    let (code, out, err) = p.run(&[], &["cat", "/proc/sys/net/ipv4/ping_group_range"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["0", "0"],
+        "{out}"
+    );
 }

@@ -15,8 +15,11 @@ fn runc() -> Option<&'static str> {
         .find(|p| Path::new(p).exists())
 }
 
-/// `run` the bundle with `runtime` (vessel-runtime or runc); (exit code, stdout, stderr).
-fn run_with(env: &TestEnv, runtime: &str, id: &str) -> (i32, String, String) {
+/// (exit code, stdout, stderr) of a run.
+type Outcome = (i32, String, String);
+
+/// `run` the bundle with `runtime` (vessel-runtime or runc).
+fn run_with(env: &TestEnv, runtime: &str, id: &str) -> Outcome {
     let root = env.tmp.path().join(format!(
         "{}-state",
         Path::new(runtime).file_name().unwrap().to_string_lossy()
@@ -45,7 +48,7 @@ fn config(script: &str, cg: &str) -> serde_json::Value {
 fn both(
     mutate: impl Fn(&mut serde_json::Value, &TestEnv),
     script: &str,
-) -> ((i32, String, String), Option<(i32, String, String)>) {
+) -> (Outcome, Option<Outcome>) {
     let env = TestEnv::new();
     let cg = unique("cg");
     let mut cfg = config(script, &cg);
@@ -75,7 +78,10 @@ fn a_tmpfs_over_proc_sys_is_refused_like_runc() {
         },
         "cat /proc/sys/net/ipv4/ip_forward",
     );
-    assert_ne!(ours.0, 0, "vessel accepted a mount over /proc/sys: {ours:?}");
+    assert_ne!(
+        ours.0, 0,
+        "vessel accepted a mount over /proc/sys: {ours:?}"
+    );
     assert!(ours.2.contains("/proc/sys is inside /proc"), "{}", ours.2);
     if let Some(t) = theirs {
         // runc 1.1.5 checks only bind mounts under /proc: it mounts the tmpfs and writes the
@@ -125,7 +131,8 @@ fn a_bind_mount_on_proc_is_refused_like_runc() {
     );
     assert_ne!(ours.0, 0, "vessel accepted a bind on /proc: {ours:?}");
     assert!(
-        ours.2.contains("only a proc filesystem can be mounted there"),
+        ours.2
+            .contains("only a proc filesystem can be mounted there"),
         "{}",
         ours.2
     );
@@ -186,13 +193,18 @@ fn a_swapped_dev_null_is_never_bound_over_a_masked_path() {
             std::os::unix::fs::symlink("/proc/sys/kernel/core_pattern", dev.join("null")).unwrap();
             let mounts = c["mounts"].as_array_mut().unwrap();
             mounts.retain(|m| !m["destination"].as_str().unwrap().starts_with("/dev"));
-            mounts.push(json!({"destination": "/dev", "type": "bind", "source": dev, "options": ["rbind"]}));
+            mounts.push(
+                json!({"destination": "/dev", "type": "bind", "source": dev, "options": ["rbind"]}),
+            );
             c["linux"]["maskedPaths"] = json!(["/proc/timer_list"]);
         },
         // Reading only: what the masked file shows.
         "cat /proc/timer_list | head -c 200",
     );
-    assert_ne!(ours.0, 0, "vessel masked with a swapped /dev/null: {ours:?}");
+    assert_ne!(
+        ours.0, 0,
+        "vessel masked with a swapped /dev/null: {ours:?}"
+    );
     assert!(ours.2.contains("not the null device"), "{}", ours.2);
     if let Some(t) = theirs {
         let core_pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
