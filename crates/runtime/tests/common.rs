@@ -193,3 +193,37 @@ pub fn wait_timeout(
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// (exit code, stdout, stderr) of a run.
+pub type Outcome = (i32, String, String);
+
+/// runc, when installed: the control of the side-by-side tests.
+pub fn runc_path() -> Option<&'static str> {
+    ["/usr/sbin/runc", "/usr/bin/runc"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+}
+
+/// `RUNTIME run` of the env's bundle in the foreground with a state root of its own inside
+/// the env (vessel-runtime or runc alike), then `delete --force`.
+pub fn run_bundle_with(env: &TestEnv, runtime: &str, id: &str) -> Outcome {
+    let root = env.tmp.path().join(format!(
+        "{}-state",
+        Path::new(runtime)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    let mut c = Command::new(runtime);
+    c.arg("--root")
+        .arg(&root)
+        .args(["run", "--bundle", env.bundle.to_str().unwrap(), id])
+        .current_dir(&env.bundle);
+    let o = vessel_testkit::run_via_files(&mut c, env.tmp.path());
+    let _ = Command::new(runtime)
+        .arg("--root")
+        .arg(&root)
+        .args(["delete", "--force", id])
+        .output();
+    (o.status.code().unwrap_or(-1), stdout(&o), stderr(&o))
+}

@@ -6,37 +6,6 @@
 mod common;
 use common::*;
 use serde_json::json;
-use std::path::Path;
-use std::process::Command;
-
-fn runc() -> Option<&'static str> {
-    ["/usr/sbin/runc", "/usr/bin/runc"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-}
-
-/// (exit code, stdout, stderr) of a run.
-type Outcome = (i32, String, String);
-
-/// `run` the bundle with `runtime` (vessel-runtime or runc).
-fn run_with(env: &TestEnv, runtime: &str, id: &str) -> Outcome {
-    let root = env.tmp.path().join(format!(
-        "{}-state",
-        Path::new(runtime).file_name().unwrap().to_string_lossy()
-    ));
-    let mut c = Command::new(runtime);
-    c.arg("--root")
-        .arg(&root)
-        .args(["run", "--bundle", env.bundle.to_str().unwrap(), id])
-        .current_dir(&env.bundle);
-    let o = vessel_testkit::run_via_files(&mut c, env.tmp.path());
-    let _ = Command::new(runtime)
-        .arg("--root")
-        .arg(&root)
-        .args(["delete", "--force", id])
-        .output();
-    (o.status.code().unwrap_or(-1), stdout(&o), stderr(&o))
-}
 
 fn config(script: &str, cg: &str) -> serde_json::Value {
     let mut cfg = busybox_config(&["sh", "-c", script], cg);
@@ -54,9 +23,9 @@ fn both(
     let mut cfg = config(script, &cg);
     mutate(&mut cfg, &env);
     env.write_config(&cfg);
-    let ours = run_with(&env, RT, &unique("proc"));
+    let ours = run_bundle_with(&env, RT, &unique("proc"));
     assert_gone(&env, "none", &cg);
-    let theirs = runc().map(|r| run_with(&env, r, &unique("runc")));
+    let theirs = runc_path().map(|r| run_bundle_with(&env, r, &unique("runc")));
     remove_cgroup_tree(&cg);
     (ours, theirs)
 }

@@ -5,33 +5,7 @@
 mod common;
 use common::*;
 use serde_json::json;
-use std::path::Path;
 use std::process::Command;
-
-fn runc() -> Option<&'static str> {
-    ["/usr/sbin/runc", "/usr/bin/runc"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-}
-
-fn run_with(env: &TestEnv, runtime: &str, id: &str) -> (i32, String, String) {
-    let root = env.tmp.path().join(format!(
-        "{}-state",
-        Path::new(runtime).file_name().unwrap().to_string_lossy()
-    ));
-    let mut c = Command::new(runtime);
-    c.arg("--root")
-        .arg(&root)
-        .args(["run", "--bundle", env.bundle.to_str().unwrap(), id])
-        .current_dir(&env.bundle);
-    let o = vessel_testkit::run_via_files(&mut c, env.tmp.path());
-    let _ = Command::new(runtime)
-        .arg("--root")
-        .arg(&root)
-        .args(["delete", "--force", id])
-        .output();
-    (o.status.code().unwrap_or(-1), stdout(&o), stderr(&o))
-}
 
 /// A network namespace of the test's own, bound to a file (as podman pins its netns).
 struct BoundNetns(std::path::PathBuf);
@@ -56,9 +30,7 @@ impl Drop for BoundNetns {
     }
 }
 
-fn scenario(
-    mutate: impl Fn(&mut serde_json::Value, &TestEnv),
-) -> ((i32, String, String), Option<(i32, String, String)>) {
+fn scenario(mutate: impl Fn(&mut serde_json::Value, &TestEnv)) -> (Outcome, Option<Outcome>) {
     let env = TestEnv::new();
     let cg = unique("cg");
     let mut cfg = busybox_config(
@@ -72,9 +44,9 @@ fn scenario(
     cfg["ociVersion"] = json!("1.0.2");
     mutate(&mut cfg, &env);
     env.write_config(&cfg);
-    let ours = run_with(&env, RT, &unique("sysctl"));
+    let ours = run_bundle_with(&env, RT, &unique("sysctl"));
     assert_gone(&env, "none", &cg);
-    let theirs = runc().map(|r| run_with(&env, r, &unique("runc")));
+    let theirs = runc_path().map(|r| run_bundle_with(&env, r, &unique("runc")));
     remove_cgroup_tree(&cg);
     (ours, theirs)
 }
@@ -164,7 +136,7 @@ fn hostname_with_a_joined_uts_namespace() {
         json!({"type": "uts", "path": "/proc/self/ns/uts"}),
     );
     env.write_config(&cfg);
-    let (code, _, err) = run_with(&env, RT, &unique("uts"));
+    let (code, _, err) = run_bundle_with(&env, RT, &unique("uts"));
     assert_ne!(code, 0);
     assert!(err.contains("rename the host"), "{err}");
     assert_eq!(
