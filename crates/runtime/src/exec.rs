@@ -254,8 +254,8 @@ fn exec_child(
     if let Some(fd) = console_fd {
         let _ = nix::unistd::close(fd);
     }
-    init::setup_process(channel, process, prepared, spec, preserve_fds, true)?;
-    init::finish_and_exec(process, prepared)
+    let envp = init::setup_process(channel, process, prepared, spec, preserve_fds, true)?;
+    init::finish_and_exec(process, prepared, &envp)
 }
 
 /// Build the process for `exec ID ARGS...` from the container's own process (env, user,

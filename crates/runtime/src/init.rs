@@ -169,6 +169,7 @@ fn setup(ctx: &InitContext) -> Result<Infallible> {
                     })
                 }),
             before_cgroup_mount: &join_cgroup,
+            defer_proc: ctx.plan.late_pid.is_some(),
         })?)
     } else {
         None
@@ -200,20 +201,26 @@ fn setup(ctx: &InitContext) -> Result<Infallible> {
         &hook_state("creating", host_pid),
     )?;
 
-    match root {
-        Some(root) => {
-            mounts::switch_root(root, ctx.no_pivot)?;
-            mounts::finish(spec)?;
+    let deferred = match root {
+        Some(prepared) => {
+            mounts::switch_root(prepared.root, ctx.no_pivot)?;
+            Some(prepared.deferred)
         }
         None => {
             nix::unistd::chroot(ctx.rootfs).ctx(|| format!("chroot {}", ctx.rootfs.display()))?;
             nix::unistd::chdir("/").ctx(|| "chdir /")?;
+            None
         }
-    }
+    };
     let host_pid = match &ctx.plan.late_pid {
         Some(pid_ns) => enter_joined_pid_ns(ctx.channel, pid_ns)?,
         None => host_pid,
     };
+    if let Some(deferred) = deferred {
+        mounts::attach_deferred(deferred)?;
+        mounts::finish(spec)?;
+    }
+    process::create_cwd(process)?;
 
     nix::unistd::setsid().ctx(|| "setsid")?;
     if process.terminal().unwrap_or(false) {
@@ -229,7 +236,7 @@ fn setup(ctx: &InitContext) -> Result<Infallible> {
         let _ = nix::unistd::close(fd);
     }
 
-    setup_process(
+    let envp = setup_process(
         ctx.channel,
         process,
         ctx.prepared,
@@ -253,7 +260,7 @@ fn setup(ctx: &InitContext) -> Result<Infallible> {
         hooks.and_then(|h| h.start_container().as_ref()),
         &hook_state("created", host_pid),
     )?;
-    finish_and_exec(process, ctx.prepared)
+    finish_and_exec(process, ctx.prepared, &envp)
 }
 
 /// Join the pid namespace given by path, now that we are in the container's root: fork the
@@ -301,8 +308,20 @@ fn maps_root(spec: &Spec) -> bool {
         .is_some_and(|m| m.iter().any(|m| m.container_id() == 0))
 }
 
-/// The part shared with `exec`: limits, scheduling, seccomp (when it must come before the
-/// capability drop), user and capabilities, no_new_privs, cwd, and fd hygiene.
+/// The part shared with `exec`, in runc's order, so that a seccomp profile or a user without
+/// privileges never stands in the way of the runtime's own steps:
+/// 1. limits, scheduling, personality, the program looked up;
+/// 2. every descriptor past stdio (+ preserved ones) close-on-exec, and the cwd created if
+///    missing and entered — both as root and before any filter (a profile without
+///    close_range or getcwd must not break them; the cwd check must not be fooled by one);
+/// 3. the stdio the runtime was handed given to the process's user (as runc), HOME from the
+///    container's passwd if the environment lacks it;
+/// 4. the filter that needs CAP_SYS_ADMIN (no no_new_privs), then user and capabilities
+///    (a cwd root may not enter is retried as the user), no_new_privs, the umask;
+/// 5. the LSM label, then the no_new_privs filter — before `start`, so the startContainer
+///    hooks run under it, as with runc.
+///
+/// Returns the environment to exec with.
 pub fn setup_process(
     channel: &Channel,
     process: &Process,
@@ -310,7 +329,7 @@ pub fn setup_process(
     spec: &Spec,
     preserve_fds: u32,
     resolve_now: bool,
-) -> Result<()> {
+) -> Result<Vec<std::ffi::CString>> {
     process::apply_rlimits(process)?;
     process::apply_scheduling(process)?;
     if let Some(p) = spec.linux().as_ref().and_then(|l| l.personality().as_ref()) {
@@ -326,17 +345,24 @@ pub fn setup_process(
     if resolve_now {
         process::resolve_program(process)?;
     }
+    sys::cloexec_from(3 + preserve_fds).ctx(|| "mark inherited descriptors close-on-exec")?;
+    let cwd_entered = process::enter_cwd(process, true)?;
+    process::give_stdio_to_user(process.user().uid());
+    let envp = process::env_with_home(&prepared.envp, process.user().uid());
+
     let nnp = process.no_new_privileges().unwrap_or(false);
-    if let Some(program) = &prepared.seccomp {
-        // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we still
-        // have it. A notify listener must be handed over before `create` returns.
-        if !nnp || program.needs_listener() {
-            if let Some(listener) = process::load_seccomp(program)? {
-                channel.send_with_fd(&Msg::SeccompListener, Some(listener.as_raw_fd()))?;
-                drop(listener);
-                channel.expect(&Msg::Continue, "hand over the seccomp listener")?;
-            }
+    let load = |program: &vessel_seccomp::Program| -> Result<()> {
+        if let Some(listener) = process::load_seccomp(program)? {
+            channel.send_with_fd(&Msg::SeccompListener, Some(listener.as_raw_fd()))?;
+            drop(listener);
+            channel.expect(&Msg::Continue, "hand over the seccomp listener")?;
         }
+        Ok(())
+    };
+    // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we still
+    // have it.
+    if let Some(program) = prepared.seccomp.as_ref().filter(|_| !nnp) {
+        load(program)?;
     }
     // Read through a verified procfs handle: a fake "deny" would make us skip setgroups and
     // keep the runtime's supplementary groups. Unreadable means allowed (setgroups then
@@ -346,30 +372,32 @@ pub fn setup_process(
         .map(|s| s.trim() != "deny")
         .unwrap_or(true);
     process::apply_user_and_caps(process, allow_setgroups)?;
+    if !cwd_entered {
+        process::enter_cwd(process, false)?;
+    }
     if nnp {
         process::set_no_new_privs()?;
     }
-    process::enter_cwd(process)?;
     process::set_umask(process);
-    sys::cloexec_from(3 + preserve_fds).ctx(|| "close_range")?;
-    // Until execve replaces us, nothing in the container may open /proc/<us>/exe (our binary)
-    // or our memory (CVE-2019-5736): make the process non-dumpable.
+    // Until execve replaces us, nothing in the container may open /proc/<us>/exe or our
+    // memory: non-dumpable (inherited from the runtime as root; rootless, from here on).
     nix::sys::prctl::set_dumpable(false).ctx(|| "prctl(PR_SET_DUMPABLE)")?;
-    Ok(())
+    crate::lsm::apply_on_exec(process)?;
+    if let Some(program) = prepared.seccomp.as_ref().filter(|_| nnp) {
+        load(program)?;
+    }
+    Ok(envp)
 }
 
-/// Last steps after `start`: the late seccomp filter, final CPU affinity, execve.
-pub fn finish_and_exec(process: &Process, prepared: &Prepared) -> Result<Infallible> {
-    let nnp = process.no_new_privileges().unwrap_or(false);
+/// Last steps after `start`: final CPU affinity, execve.
+pub fn finish_and_exec(
+    process: &Process,
+    prepared: &Prepared,
+    envp: &[std::ffi::CString],
+) -> Result<Infallible> {
     let resolved = process::resolve_program(process)?;
-    crate::lsm::apply_on_exec(process)?;
-    if let Some(program) = &prepared.seccomp {
-        if nnp && !program.needs_listener() {
-            process::load_seccomp(program)?;
-        }
-    }
     process::apply_final_affinity(process)?;
-    Err(process::exec(prepared, &resolved))
+    Err(process::exec(prepared, &resolved, envp))
 }
 
 /// runc gives each container its own session keyring, so containers don't share the

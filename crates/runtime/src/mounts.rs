@@ -309,11 +309,33 @@ pub struct RootfsContext<'a> {
     /// Called before the first cgroup mount: the process must be in its cgroup (and its
     /// cgroup namespace) by then.
     pub before_cgroup_mount: &'a dyn Fn() -> Result<()>,
+    /// The pid namespace is joined only after pivot_root (see `NsPlan::late_pid`): a procfs
+    /// shows the pid namespace of whoever mounts it, so the mounts on /proc wait for that.
+    pub defer_proc: bool,
+}
+
+/// What `prepare` made: the new root, and the mounts on /proc held back for the process in
+/// the container's pid namespace ([`attach_deferred`]).
+pub struct PreparedRoot {
+    pub root: OwnedFd,
+    pub deferred: Vec<Deferred>,
+}
+
+/// A mount on /proc prepared before pivot_root and attached after it.
+pub enum Deferred {
+    /// The proc filesystem itself: made with fsmount in the right pid namespace.
+    Proc {
+        dest: PathBuf,
+        attrs: u64,
+        options: Vec<(String, String)>,
+    },
+    /// A bind under /proc (lxcfs-style): the source cloned while the host is still in reach.
+    Bind { dest: PathBuf, tree: OwnedFd },
 }
 
 /// Make the mount tree private to us, bind the rootfs onto itself (pivot_root needs a mount
 /// point) and do every mount in config.json. Returns a descriptor of the new root.
-pub fn prepare(ctx: &RootfsContext) -> Result<OwnedFd> {
+pub fn prepare(ctx: &RootfsContext) -> Result<PreparedRoot> {
     let linux = ctx.spec.linux().as_ref();
     let propagation = linux
         .and_then(|l| l.rootfs_propagation().as_deref())
@@ -334,11 +356,19 @@ pub fn prepare(ctx: &RootfsContext) -> Result<OwnedFd> {
     let root: OwnedFd = std::fs::File::open(ctx.rootfs)
         .ctx(|| format!("open the rootfs {}", ctx.rootfs.display()))?
         .into();
+    refuse_symlinked_pseudo_fs(root.as_fd())?;
 
     let mut dev_is_bind = false;
+    let mut deferred = Vec::new();
     for (i, m) in ctx.spec.mounts().iter().flatten().enumerate() {
         if matches!(m.typ().as_deref(), Some("cgroup") | Some("cgroup2")) {
             (ctx.before_cgroup_mount)()?;
+        }
+        if ctx.defer_proc && m.destination().starts_with("/proc") {
+            deferred.push(defer_proc_mount(m).map_err(|e| {
+                Error::Child(format!("mounts[{i}] ({}): {e}", m.destination().display()))
+            })?);
+            continue;
         }
         mount_one(root.as_fd(), i, m, ctx).map_err(|e| {
             Error::Child(format!("mounts[{i}] ({}): {e}", m.destination().display()))
@@ -351,7 +381,123 @@ pub fn prepare(ctx: &RootfsContext) -> Result<OwnedFd> {
         create_devices(root.as_fd(), ctx)?;
         create_dev_symlinks(root.as_fd())?;
     }
-    Ok(root)
+    Ok(PreparedRoot { root, deferred })
+}
+
+/// A symlink at the rootfs's /proc or /sys would send the proc and sysfs mounts — and every
+/// masked path and sysctl after them — wherever the image points it. runc 1.1.5 follows
+/// it; newer runc refuses, and so do we.
+fn refuse_symlinked_pseudo_fs(root: BorrowedFd) -> Result<()> {
+    for name in ["proc", "sys"] {
+        match nix::sys::stat::fstatat(
+            Some(root.as_raw_fd()),
+            name,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+                return Err(Error::config(format!(
+                    "the rootfs's /{name} is a symlink: refusing to mount {name} through it"
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Prepare a mount on /proc for [`attach_deferred`]: the proc filesystem itself, or a bind
+/// of an allowed file (the same rule as `refuse_shadowing_proc`, decided on the path since
+/// nothing is resolved yet).
+fn defer_proc_mount(m: &Mount) -> Result<Deferred> {
+    let opts = MountOptions::parse(m.options().as_deref().unwrap_or(&[])).map_err(Error::Config)?;
+    let dest = m.destination().to_path_buf();
+    let mut attrs = 0;
+    for (flag, attr) in [
+        (MsFlags::MS_RDONLY, MOUNT_ATTR_RDONLY),
+        (MsFlags::MS_NOSUID, MOUNT_ATTR_NOSUID),
+        (MsFlags::MS_NODEV, MOUNT_ATTR_NODEV),
+        (MsFlags::MS_NOEXEC, MOUNT_ATTR_NOEXEC),
+    ] {
+        if opts.flags.contains(flag) {
+            attrs |= attr;
+        }
+    }
+    if m.typ().as_deref() == Some("proc") {
+        if dest != Path::new("/proc") {
+            return Err(Error::config(
+                "with a pid namespace joined by path, proc can only be mounted on /proc",
+            ));
+        }
+        let options = opts
+            .data
+            .iter()
+            .map(|d| match d.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (d.clone(), String::new()),
+            })
+            .collect();
+        return Ok(Deferred::Proc {
+            dest,
+            attrs,
+            options,
+        });
+    }
+    let allowed = is_bind(m) && PROC_FILE_BINDS.iter().any(|a| Path::new(a) == dest);
+    if !allowed {
+        return Err(Error::config(format!(
+            "{} is inside /proc: mounting over procfs is refused (only binds of {} are allowed)",
+            dest.display(),
+            PROC_FILE_BINDS.join(", ")
+        )));
+    }
+    let source = m.source().clone().unwrap_or_default();
+    let tree = crate::sys::open_tree_clone(&source, opts.flags.contains(MsFlags::MS_REC))
+        .ctx(|| format!("clone the bind source {}", source.display()))?;
+    if attrs != 0 {
+        mount_setattr(tree.as_fd(), true, attrs, 0, None)
+            .ctx(|| format!("set the options of {}", dest.display()))?;
+    }
+    Ok(Deferred::Bind { dest, tree })
+}
+
+/// Attach the mounts [`prepare`] held back, now that this process is in the container's pid
+/// namespace and root.
+pub fn attach_deferred(deferred: Vec<Deferred>) -> Result<()> {
+    if deferred.is_empty() {
+        return Ok(());
+    }
+    let root: OwnedFd = std::fs::File::open("/").ctx(|| "open the new root")?.into();
+    for d in deferred {
+        match d {
+            Deferred::Proc {
+                dest,
+                attrs,
+                options,
+            } => {
+                let target = mkdir_all(root.as_fd(), &dest)?;
+                let opts: Vec<(&str, &str)> = options
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let proc = crate::sys::detached_fs("proc", &opts, attrs)
+                    .ctx(|| "make the container's proc filesystem")?;
+                crate::sys::move_mount(proc.as_fd(), target.as_fd())
+                    .ctx(|| format!("mount proc on {}", dest.display()))?;
+            }
+            Deferred::Bind { dest, tree } => {
+                let target = mkfile(root.as_fd(), &dest)?;
+                if !crate::procfs::is_procfs(target.as_fd())? {
+                    return Err(Error::config(format!(
+                        "{} is not on procfs: the bind over it has nothing to cover",
+                        dest.display()
+                    )));
+                }
+                crate::sys::move_mount(tree.as_fd(), target.as_fd())
+                    .ctx(|| format!("bind over {}", dest.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn make_parent_private(rootfs: &Path) -> Result<()> {
@@ -606,6 +752,20 @@ fn copy_tree(from: BorrowedFd, to: BorrowedFd) -> nix::Result<()> {
     Ok(())
 }
 
+/// The files of procfs a bind may cover (lxcfs's, and CRIU's ns_last_pid), as runc allows.
+const PROC_FILE_BINDS: &[&str] = &[
+    "/proc/cpuinfo",
+    "/proc/diskstats",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/swaps",
+    "/proc/uptime",
+    "/proc/loadavg",
+    "/proc/slabinfo",
+    "/proc/net/dev",
+    "/proc/sys/kernel/ns_last_pid",
+];
+
 /// runc's rule (CVE-2019-16884 class): nothing but a proc filesystem is mounted on the
 /// container's /proc, and nothing is mounted over a file or directory of procfs except the
 /// files lxcfs-style tools provide (and CRIU's ns_last_pid) — otherwise a later write to
@@ -619,18 +779,7 @@ fn refuse_shadowing_proc(
     target: &OwnedFd,
     rootfs: &Path,
 ) -> Result<()> {
-    const ALLOWED: &[&str] = &[
-        "/proc/cpuinfo",
-        "/proc/diskstats",
-        "/proc/meminfo",
-        "/proc/stat",
-        "/proc/swaps",
-        "/proc/uptime",
-        "/proc/loadavg",
-        "/proc/slabinfo",
-        "/proc/net/dev",
-        "/proc/sys/kernel/ns_last_pid",
-    ];
+    const ALLOWED: &[&str] = PROC_FILE_BINDS;
     let same = |a: &nix::sys::stat::FileStat, b: &nix::sys::stat::FileStat| {
         a.st_dev == b.st_dev && a.st_ino == b.st_ino
     };

@@ -411,21 +411,88 @@ pub fn load_seccomp(program: &vessel_seccomp::Program) -> Result<Option<OwnedFd>
 
 /// chdir into process.cwd as the final user, and make sure we really are inside the
 /// container's root (a leaked descriptor could otherwise be used as a way out).
-pub fn enter_cwd(process: &Process) -> Result<()> {
+/// The container's init creates process.cwd when it is missing, as runc and crun do (in
+/// the new root: the path resolves inside it). A directory root may not create (root
+/// squashed) is left to the chdir, which then says what is wrong.
+pub fn create_cwd(process: &Process) -> Result<()> {
     let cwd = process.cwd();
-    nix::unistd::chdir(cwd.as_path()).ctx(|| format!("process.cwd: chdir {}", cwd.display()))?;
+    match std::fs::create_dir_all(cwd) {
+        Err(e) if e.kind() != std::io::ErrorKind::PermissionDenied => {
+            Err(e).ctx(|| format!("process.cwd: create {}", cwd.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Enter process.cwd, then check that it really is inside the container: a cwd such as
+/// /proc/self/fd/N through a descriptor leaked from the host would be outside
+/// (CVE-2024-21626). As root, a directory root may not enter (a volume owned by the
+/// container's user, root squashed) is left for a retry as the user: returns whether the
+/// cwd was entered.
+pub fn enter_cwd(process: &Process, as_root: bool) -> Result<bool> {
+    let cwd = process.cwd();
+    match nix::unistd::chdir(cwd.as_path()) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EACCES) if as_root => return Ok(false),
+        Err(e) => return Err(e).ctx(|| format!("process.cwd: chdir {}", cwd.display())),
+    }
     let outside = || {
         Error::Child(format!(
             "process.cwd: {} resolves outside the container",
             cwd.display()
         ))
     };
-    // getcwd fails with ENOENT when the directory is not reachable from our root.
-    let now = nix::unistd::getcwd().map_err(|_| outside())?;
-    if !now.is_absolute() || now.starts_with("(unreachable)") {
-        return Err(outside());
+    // getcwd fails with ENOENT when the directory is not reachable from our root. Any other
+    // failure (a seccomp profile that denies getcwd, on the retry as the user) is reported
+    // as such, not as an escape; the retry only runs with the privileges of the user.
+    match nix::unistd::getcwd() {
+        Ok(now) if now.is_absolute() && !now.starts_with("(unreachable)") => Ok(true),
+        Ok(_) | Err(nix::errno::Errno::ENOENT) => Err(outside()),
+        Err(e) => Err(e).ctx(|| format!("process.cwd: check {} (getcwd)", cwd.display())),
     }
-    Ok(())
+}
+
+/// As runc: stdio handed to the runtime (a pty, conmon's pipes) belongs to the process's
+/// user, so a non-root process can reopen /dev/stdout or its terminal. Only the uid changes
+/// (the tty group stays); /dev/null is left alone, and so is anything the kernel will not
+/// let us chown (unmapped owner, read-only /dev).
+pub fn give_stdio_to_user(uid: u32) {
+    for fd in 0..3 {
+        let Ok(st) = nix::sys::stat::fstat(fd) else {
+            continue;
+        };
+        let is_null = st.st_mode & libc::S_IFMT == libc::S_IFCHR
+            && st.st_rdev == nix::sys::stat::makedev(1, 3);
+        if is_null || st.st_uid == uid {
+            continue;
+        }
+        // SAFETY: fchown on a descriptor we hold; -1 keeps the group.
+        unsafe { libc::fchown(fd, uid, u32::MAX) };
+    }
+}
+
+/// The environment to exec with: as runc, HOME from the container's /etc/passwd entry of
+/// the process's uid when the environment does not set it ("/" when there is none).
+pub fn env_with_home(envp: &[CString], uid: u32) -> Vec<CString> {
+    let mut out = envp.to_vec();
+    if envp.iter().any(|e| e.as_bytes().starts_with(b"HOME=")) {
+        return out;
+    }
+    let home = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| home_of(&text, uid))
+        .unwrap_or_else(|| "/".into());
+    if let Ok(e) = CString::new(format!("HOME={home}")) {
+        out.push(e);
+    }
+    out
+}
+
+fn home_of(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 6 && f[2].parse() == Ok(uid) && !f[5].is_empty()).then(|| f[5].to_string())
+    })
 }
 
 pub fn set_umask(process: &Process) {
@@ -434,18 +501,30 @@ pub fn set_umask(process: &Process) {
 }
 
 /// The last step: become the user's program. Only returns on failure.
-pub fn exec(prepared: &Prepared, resolved: &Path) -> Error {
+pub fn exec(prepared: &Prepared, resolved: &Path, envp: &[CString]) -> Error {
     let path = match crate::sys::cstr(resolved) {
         Ok(p) => p,
         Err(e) => return Error::Child(e.to_string()),
     };
-    let err = nix::unistd::execve(&path, &prepared.argv, &prepared.envp).unwrap_err();
+    let err = nix::unistd::execve(&path, &prepared.argv, envp).unwrap_err();
     Error::Child(format!("exec {}: {err}", resolved.display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn home_comes_from_the_passwd_entry() {
+        let passwd =
+            "root:x:0:0:root:/root:/bin/sh\nbob:x:1000:1000::/home/bob:/bin/sh\nnohome:x:7:7:::\n";
+        assert_eq!(home_of(passwd, 0).as_deref(), Some("/root"));
+        assert_eq!(home_of(passwd, 1000).as_deref(), Some("/home/bob"));
+        assert_eq!(home_of(passwd, 7), None);
+        assert_eq!(home_of(passwd, 42), None);
+        let env = [CString::new("HOME=/custom").unwrap()];
+        assert_eq!(env_with_home(&env, 0), env.to_vec());
+    }
 
     #[test]
     fn cpu_lists() {

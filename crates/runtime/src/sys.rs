@@ -108,8 +108,26 @@ pub fn cloexec_from(first: u32) -> io::Result<()> {
     const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
     // SAFETY: plain syscall on integers.
     let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
+    if r == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    // No close_range (before 5.9; CLOSE_RANGE_CLOEXEC before 5.11), or a seccomp profile
+    // around the runtime itself that denies it: mark each open descriptor by hand.
+    if !matches!(
+        err.raw_os_error(),
+        Some(libc::ENOSYS | libc::EINVAL | libc::EPERM)
+    ) {
+        return Err(err);
+    }
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd: &i32| *fd >= first as i32)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl on a descriptor number; one that was the listing's own (now closed)
+        // fails with EBADF, which is fine.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
     Ok(())
 }
@@ -313,9 +331,16 @@ pub fn open_tree_clone_fd(fd: BorrowedFd, recursive: bool) -> io::Result<OwnedFd
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
 }
 
-/// A new, detached tmpfs (`fsopen` + `fsconfig` + `fsmount`) with string options and
-/// mount attributes, ready to be attached with [`move_mount`].
+/// A new, detached tmpfs; see [`detached_fs`].
 pub fn detached_tmpfs(options: &[(&str, &str)], attrs: u64) -> io::Result<OwnedFd> {
+    detached_fs("tmpfs", options, attrs)
+}
+
+/// A new, detached filesystem of type `fstype` (`fsopen` + `fsconfig` + `fsmount`) with
+/// string options ("" as value sets a flag option) and mount attributes, ready to be
+/// attached with [`move_mount`].
+pub fn detached_fs(fstype: &str, options: &[(&str, &str)], attrs: u64) -> io::Result<OwnedFd> {
+    const FSCONFIG_SET_FLAG: libc::c_uint = 0;
     const FSOPEN_CLOEXEC: libc::c_uint = 1;
     const FSCONFIG_SET_STRING: libc::c_uint = 1;
     const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
@@ -327,20 +352,26 @@ pub fn detached_tmpfs(options: &[(&str, &str)], attrs: u64) -> io::Result<OwnedF
             Ok(r)
         }
     };
+    let fstype = cstr(Path::new(fstype))?;
     // SAFETY: valid C string.
-    let fs = check(unsafe { libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), FSOPEN_CLOEXEC) })?;
+    let fs = check(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })?;
     // SAFETY: fresh descriptor from the kernel.
     let fs = unsafe { OwnedFd::from_raw_fd(fs as RawFd) };
     for (key, value) in options {
         let (k, v) = (cstr(Path::new(key))?, cstr(Path::new(value))?);
+        let (cmd, value) = if value.is_empty() {
+            (FSCONFIG_SET_FLAG, std::ptr::null())
+        } else {
+            (FSCONFIG_SET_STRING, v.as_ptr())
+        };
         // SAFETY: valid descriptor and C strings.
         check(unsafe {
             libc::syscall(
                 libc::SYS_fsconfig,
                 fs.as_raw_fd(),
-                FSCONFIG_SET_STRING,
+                cmd,
                 k.as_ptr(),
-                v.as_ptr(),
+                value,
                 0,
             )
         })?;
