@@ -39,6 +39,9 @@ const DEFAULT_ALLOWED: [(char, Option<i64>, Option<i64>, &str); 11] = [
     ('c', Some(10), Some(200), "rwm"),
 ];
 
+/// "rwm" letters to bits. runc also takes "rwa" (OCI tooling writes it) and ignores the
+/// letter it does not know; we read "a" as all of r, w and m — the same for the usual
+/// deny-all rule, never less than asked for — and refuse any other letter by name.
 fn access_bits(s: &str) -> Option<u32> {
     let mut bits = 0;
     for ch in s.chars() {
@@ -46,6 +49,7 @@ fn access_bits(s: &str) -> Option<u32> {
             'm' => 1,
             'r' => 2,
             'w' => 4,
+            'a' => 7,
             _ => return None,
         };
     }
@@ -71,7 +75,7 @@ pub(crate) fn validate(rules: &[LinuxDeviceCgroup]) -> Result<()> {
         if let Some(a) = r.access() {
             if access_bits(a).is_none() {
                 return Err(Error::Invalid(format!(
-                    "linux.resources.devices[{i}].access: {a:?} must only contain r, w and m"
+                    "linux.resources.devices[{i}].access: {a:?} must only contain r, w and m (or a for all)"
                 )));
             }
         }
@@ -410,5 +414,12 @@ mod tests {
     fn bad_access_is_refused() {
         let e = validate(&[dev(true, "c", Some(1), Some(3), "rwx")]).unwrap_err();
         assert!(e.to_string().contains("devices[0].access"), "{e}");
+    }
+
+    #[test]
+    fn rwa_means_all_access() {
+        assert!(validate(&[dev(false, "a", None, None, "rwa")]).is_ok());
+        assert_eq!(access_bits("rwa"), Some(7));
+        assert_eq!(access_bits("a"), Some(7));
     }
 }

@@ -98,6 +98,14 @@ fn create_cgroup(
     resources: Option<&oci_spec::runtime::LinuxResources>,
 ) -> Result<bool> {
     let err = match cgroup.create() {
+        // A cgroup that exists already frozen would stop the init in the middle of its
+        // setup, and `create` with it (runc refuses the same way).
+        Ok(()) if cgroup.is_frozen().unwrap_or(false) => {
+            return Err(Error::config(format!(
+                "linux.cgroupsPath: container's cgroup unexpectedly frozen ({}): thaw it first",
+                cgroup.path().display()
+            )))
+        }
         Ok(()) => return Ok(true),
         Err(e) => e,
     };

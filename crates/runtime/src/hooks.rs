@@ -27,6 +27,30 @@ pub struct HookState<'a> {
     pub annotations: Option<&'a std::collections::HashMap<String, String>>,
 }
 
+/// startContainer hooks run inside the container: as runc, one without "env" gets the
+/// container process's environment rather than the runtime's.
+pub fn run_all_in_container(
+    kind: &'static str,
+    hooks: Option<&Vec<Hook>>,
+    state: &HookState,
+    process_env: &[String],
+) -> Result<()> {
+    let Some(hooks) = hooks.filter(|h| !h.is_empty()) else {
+        return Ok(());
+    };
+    let with_env: Vec<Hook> = hooks
+        .iter()
+        .map(|h| {
+            let mut h = h.clone();
+            if h.env().is_none() {
+                h.set_env(Some(process_env.to_vec()));
+            }
+            h
+        })
+        .collect();
+    run_all(kind, Some(&with_env), state)
+}
+
 pub fn run_all(kind: &'static str, hooks: Option<&Vec<Hook>>, state: &HookState) -> Result<()> {
     let hooks = match hooks {
         Some(h) if !h.is_empty() => h,
@@ -56,10 +80,14 @@ fn run_one(hook: &Hook, input: &[u8]) -> std::result::Result<(), String> {
         use std::os::unix::process::CommandExt;
         cmd.arg0(arg0).args(rest);
     }
-    cmd.env_clear();
-    for e in hook.env().iter().flatten() {
-        if let Some((k, v)) = e.split_once('=') {
-            cmd.env(k, v);
+    // As runc: a hook without "env" inherits the runtime's environment; with one (even an
+    // empty list), it gets exactly that.
+    if let Some(env) = hook.env() {
+        cmd.env_clear();
+        for e in env {
+            if let Some((k, v)) = e.split_once('=') {
+                cmd.env(k, v);
+            }
         }
     }
     // As runc: the state on stdin, stdout and stderr collected and shown when it fails.

@@ -255,10 +255,11 @@ fn setup(ctx: &InitContext) -> Result<Infallible> {
             Err(e) => return Err(e).ctx(|| "wait for start on the exec fifo"),
         }
     }
-    hooks::run_all(
+    hooks::run_all_in_container(
         "startContainer",
         hooks.and_then(|h| h.start_container().as_ref()),
         &hook_state("created", host_pid),
+        process.env().as_deref().unwrap_or(&[]),
     )?;
     finish_and_exec(process, ctx.prepared, &envp)
 }

@@ -337,9 +337,12 @@ pub enum Deferred {
 /// point) and do every mount in config.json. Returns a descriptor of the new root.
 pub fn prepare(ctx: &RootfsContext) -> Result<PreparedRoot> {
     let linux = ctx.spec.linux().as_ref();
+    // An unbindable / could not be bound onto itself for pivot_root (EINVAL): that mode is
+    // applied after the pivot (`finish`), as runc does; until then the tree is a slave.
     let propagation = linux
         .and_then(|l| l.rootfs_propagation().as_deref())
         .and_then(propagation_flag)
+        .filter(|p| !p.contains(MsFlags::MS_UNBINDABLE))
         .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
     mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>)
         .ctx(|| "set the propagation of / in the container's mount namespace")?;
@@ -539,7 +542,13 @@ pub fn is_bind(m: &Mount) -> bool {
 }
 
 fn mount_one(root: BorrowedFd, index: usize, m: &Mount, ctx: &RootfsContext) -> Result<()> {
-    let opts = MountOptions::parse(m.options().as_deref().unwrap_or(&[])).map_err(Error::Config)?;
+    let mut opts =
+        MountOptions::parse(m.options().as_deref().unwrap_or(&[])).map_err(Error::Config)?;
+    if is_read_only_dev(m) {
+        // /dev/pts, /dev/shm, the device nodes and links still go in: read-only at the end
+        // (`finish`), as runc does.
+        opts.flags.remove(MsFlags::MS_RDONLY);
+    }
     let typ = m.typ().as_deref().unwrap_or("");
     let dest = m.destination();
     if typ == "cgroup" || typ == "cgroup2" {
@@ -1131,9 +1140,10 @@ fn create_devices(root: BorrowedFd, ctx: &RootfsContext) -> Result<()> {
                 )))
             }
         };
-        if !d.path().starts_with("/dev") {
+        // Outside /dev too, as runc: the path is resolved inside the rootfs like any other.
+        if !d.path().is_absolute() {
             return Err(Error::config(format!(
-                "linux.devices[{i}].path: {} is not under /dev",
+                "linux.devices[{i}].path: {} must be absolute",
                 d.path().display()
             )));
         }
@@ -1334,6 +1344,12 @@ pub fn finish(spec: &Spec) -> Result<()> {
         readonly_path(root.as_fd(), p)
             .map_err(|e| Error::config(format!("linux.readonlyPaths: {p}: {e}")))?;
     }
+    if spec.mounts().iter().flatten().any(is_read_only_dev) {
+        let dev =
+            open_in_root(root.as_fd(), Path::new("/dev"), libc::O_PATH).ctx(|| "resolve /dev")?;
+        mount_setattr(dev.as_fd(), false, MOUNT_ATTR_RDONLY, 0, None)
+            .ctx(|| "make /dev read-only")?;
+    }
     if spec
         .root()
         .as_ref()
@@ -1344,6 +1360,13 @@ pub fn finish(spec: &Spec) -> Result<()> {
             .ctx(|| "root.readonly: make / read-only")?;
     }
     Ok(())
+}
+
+/// A mount on /dev asked to be read-only.
+fn is_read_only_dev(m: &Mount) -> bool {
+    m.destination() == Path::new("/dev")
+        && m.options().iter().flatten().any(|o| o == "ro")
+        && !m.options().iter().flatten().any(|o| o == "rw")
 }
 
 /// The container's /dev/null, checked to be the null character device (1:3): what masks a

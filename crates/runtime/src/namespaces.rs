@@ -102,10 +102,35 @@ impl NsPlan {
             }
         }
         refuse_host_namespaces(spec, &plan.joined)?;
-        if !plan.new_mount && !plan.joined_mount {
-            return Err(Error::config(
-                "config.json: linux.namespaces: a mount namespace is required (the rootfs is set up in it)",
-            ));
+        if !plan.new_mount {
+            // As runc and crun: without a mount namespace of its own the container is only
+            // chrooted into its rootfs — nothing may be mounted or masked, which would
+            // happen on the host's (or the joined) mount table.
+            let linux = spec.linux().as_ref();
+            let restricts = linux.is_some_and(|l| {
+                l.masked_paths().as_ref().is_some_and(|p| !p.is_empty())
+                    || l.readonly_paths().as_ref().is_some_and(|p| !p.is_empty())
+            });
+            let read_only = spec
+                .root()
+                .as_ref()
+                .and_then(|r| r.readonly())
+                .unwrap_or(false);
+            if read_only {
+                return Err(Error::config(
+                    "config.json: root.readonly: a read-only root needs a mount namespace of the container's own",
+                ));
+            }
+            if restricts {
+                return Err(Error::config(
+                    "config.json: linux.maskedPaths/readonlyPaths: unable to restrict sys entries without a private mount namespace",
+                ));
+            }
+            if spec.mounts().as_ref().is_some_and(|m| !m.is_empty()) {
+                return Err(Error::config(
+                    "config.json: mounts: mounting needs a mount namespace of the container's own (add {\"type\": \"mount\"} to linux.namespaces)",
+                ));
+            }
         }
         // setns order: user first (it decides what we may do in the others), mount last.
         plan.joined.sort_by_key(|(t, _)| match t {

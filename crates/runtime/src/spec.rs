@@ -19,15 +19,48 @@ pub struct Bundle {
 
 pub fn parse_spec(raw: &[u8], origin: &str) -> Result<Spec> {
     let de = &mut serde_json::Deserializer::from_slice(raw);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." || path.is_empty() {
-            Error::config(format!("{origin}: {inner}"))
-        } else {
-            Error::config(format!("{origin}: {path}: {inner}"))
+    let err = match serde_path_to_error::deserialize(de) {
+        Ok(spec) => return Ok(spec),
+        Err(e) => e,
+    };
+    let path = err.path().to_string();
+    // As runc and crun: a capability this runtime does not know is ignored with a warning
+    // (configs written for newer kernels name newer ones), not a reason to refuse the config.
+    if path.starts_with("process.capabilities.") {
+        if let Some(spec) = parse_dropping_unknown_caps(raw) {
+            return Ok(spec);
         }
+    }
+    let inner = err.into_inner();
+    Err(if path == "." || path.is_empty() {
+        Error::config(format!("{origin}: {inner}"))
+    } else {
+        Error::config(format!("{origin}: {path}: {inner}"))
     })
+}
+
+/// The slow path of `parse_spec`: drop the capability names oci-spec does not know from every
+/// set, warn about them on stderr, and parse again.
+fn parse_dropping_unknown_caps(raw: &[u8]) -> Option<Spec> {
+    let mut value: serde_json::Value = serde_json::from_slice(raw).ok()?;
+    let caps = value
+        .get_mut("process")?
+        .get_mut("capabilities")?
+        .as_object_mut()?;
+    let mut unknown = Vec::new();
+    for list in caps.values_mut().filter_map(|v| v.as_array_mut()) {
+        list.retain(|c| {
+            let known = serde_json::from_value::<oci_spec::runtime::Capability>(c.clone()).is_ok();
+            if !known {
+                unknown.push(c.as_str().unwrap_or("?").to_string());
+            }
+            known
+        });
+    }
+    unknown.sort();
+    unknown.dedup();
+    eprintln!("vessel-runtime: warning: ignoring unknown or unavailable capabilities: {unknown:?}");
+    serde_json::from_value(value).ok()
 }
 
 pub fn load_bundle(dir: &Path) -> Result<Bundle> {
