@@ -188,12 +188,12 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         Path::new(crate::rdt::RESCTRL),
     )?;
     let own_rdt = rdt.as_ref().filter(|g| g.owned).map(|g| g.dir.clone());
-    // Detached mounts and a reaped helper: nothing to undo on the host if a later step fails.
-    let idmapped = crate::idmap::IdmappedMounts::prepare(&spec)?;
     // Only on a pure v2 host does CLONE_INTO_CGROUP place the child in all of its cgroup;
     // elsewhere it still has v1 hierarchies to join after the clone.
     let into_cgroup = matches!(cgroup.layout(), vessel_cgroups::Layout::V2);
     let plan = NsPlan::new(&spec, into_cgroup)?;
+    // Detached mounts and a reaped helper: nothing to undo on the host if a later step fails.
+    let idmapped = crate::idmap::DetachedBinds::prepare(&spec, plan.enters_user_ns())?;
     let (console, relay) = console_for(
         terminal,
         opts.console_socket.as_deref(),

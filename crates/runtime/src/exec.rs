@@ -214,7 +214,7 @@ pub fn exec(opts: &ExecOptions) -> Result<(i32, Option<crate::tty_relay::TtyRela
                     .and_then(|l| l.seccomp().as_ref())
                     .and_then(|s| s.listener_path().clone())
                 {
-                    let body = serde_json::json!({"ociVersion": spec.version(), "fds": ["seccompFd"], "pid": pid, "metadata": "", "state": {"ociVersion": spec.version(), "id": opts.id, "status": "running", "pid": st.pid, "bundle": st.bundle}});
+                    let body = serde_json::json!({"ociVersion": spec.version(), "fds": ["seccompFd"], "pid": pid, "metadata": spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).and_then(|s| s.listener_metadata().clone()).unwrap_or_default(), "state": {"ociVersion": spec.version(), "id": opts.id, "status": "running", "pid": st.pid, "bundle": st.bundle}});
                     vessel_seccomp::send_listener(&path, fd.as_fd(), body.to_string().as_bytes())
                         .map_err(|e| undo(e.into()))?;
                 }

@@ -25,9 +25,13 @@ use crate::mounts::{is_bind, IdmapDepth, MountOptions};
 use crate::namespaces::id_map_text;
 use crate::sys::{self, Forked, MOUNT_ATTR_IDMAP};
 
-/// The id-mapped mounts of one container, by their index in `mounts`.
+/// The bind mounts of one container prepared as detached mounts in the host's namespaces,
+/// by their index in `mounts`: the id-mapped ones, and — for a container in a user
+/// namespace — every other bind too, cloned while the runtime can still open the source
+/// (as runc does: inside the user namespace, a source only host root may traverse would fail
+/// with EACCES).
 #[derive(Default)]
-pub struct IdmappedMounts {
+pub struct DetachedBinds {
     by_index: HashMap<usize, OwnedFd>,
 }
 
@@ -41,12 +45,30 @@ struct Request<'a> {
     recursive_bind: bool,
 }
 
-impl IdmappedMounts {
+impl DetachedBinds {
     /// Check every mount that asks for an id mapping and prepare the detached, id-mapped
-    /// mounts. A spec without such mounts costs one pass over `mounts`.
-    pub fn prepare(spec: &Spec) -> Result<IdmappedMounts> {
+    /// mounts; with `all_binds` (the init enters a user namespace), clone the other binds
+    /// too. A spec without such mounts costs one pass over `mounts`.
+    pub fn prepare(spec: &Spec, all_binds: bool) -> Result<DetachedBinds> {
         let requests = requests(spec)?;
-        let mut prepared = IdmappedMounts::default();
+        let mut prepared = DetachedBinds::default();
+        if all_binds {
+            for (index, m) in spec.mounts().iter().flatten().enumerate() {
+                if !is_bind(m) || requests.iter().any(|r| r.index == index) {
+                    continue;
+                }
+                let source = m.source().clone().unwrap_or_default();
+                let recursive = m.options().iter().flatten().any(|o| o == "rbind");
+                let tree = sys::open_tree_clone(&source, recursive).ctx(|| {
+                    format!(
+                        "mounts[{index}] ({}): open the bind source {}",
+                        m.destination().display(),
+                        source.display()
+                    )
+                })?;
+                prepared.by_index.insert(index, tree);
+            }
+        }
         if requests.is_empty() {
             return Ok(prepared);
         }
@@ -86,7 +108,7 @@ impl IdmappedMounts {
         Ok(prepared)
     }
 
-    /// The prepared mount for `mounts[index]`, if that mount is id-mapped.
+    /// The prepared mount for `mounts[index]`, if there is one.
     pub fn get(&self, index: usize) -> Option<BorrowedFd<'_>> {
         self.by_index.get(&index).map(|fd| fd.as_fd())
     }

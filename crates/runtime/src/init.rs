@@ -32,7 +32,7 @@ pub struct InitContext<'a> {
     /// Set when the init moves itself into its v1 cgroups (see `create`).
     pub join_v1: Option<&'a vessel_cgroups::CgroupManager>,
     /// Id-mapped bind mounts prepared by the parent, attached while building the rootfs.
-    pub idmapped: &'a crate::idmap::IdmappedMounts,
+    pub idmapped: &'a crate::idmap::DetachedBinds,
     pub no_pivot: bool,
     pub no_new_keyring: bool,
     pub preserve_fds: u32,
@@ -203,7 +203,7 @@ fn setup(ctx: &InitContext) -> Result<Infallible> {
 
     let deferred = match root {
         Some(prepared) => {
-            mounts::switch_root(prepared.root, ctx.no_pivot)?;
+            mounts::switch_root(prepared.root, ctx.rootfs, ctx.no_pivot)?;
             Some(prepared.deferred)
         }
         None => {

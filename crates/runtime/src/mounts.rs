@@ -302,7 +302,7 @@ fn split(path: &Path) -> Result<(&Path, &OsStr)> {
 pub struct RootfsContext<'a> {
     pub spec: &'a Spec,
     pub rootfs: &'a Path,
-    pub idmapped: &'a crate::idmap::IdmappedMounts,
+    pub idmapped: &'a crate::idmap::DetachedBinds,
     /// Inside a new user namespace: mknod is not allowed, devices are bind-mounted instead.
     pub in_userns: bool,
     pub new_cgroupns: bool,
@@ -557,9 +557,17 @@ fn mount_one(root: BorrowedFd, index: usize, m: &Mount, ctx: &RootfsContext) -> 
     let bind = is_bind(m);
     let source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
     let target = if bind {
-        let meta =
-            std::fs::metadata(&source).ctx(|| format!("bind source {}", source.display()))?;
-        if meta.is_dir() {
+        // A source prepared in the parent is looked at through its descriptor: by path it
+        // may not be reachable from inside a user namespace.
+        let is_dir = match ctx.idmapped.get(index) {
+            Some(tree) => nix::sys::stat::fstat(tree.as_raw_fd())
+                .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                .ctx(|| format!("bind source {}", source.display()))?,
+            None => std::fs::metadata(&source)
+                .ctx(|| format!("bind source {}", source.display()))?
+                .is_dir(),
+        };
+        if is_dir {
             mkdir_all(root, dest)?
         } else {
             mkfile(root, dest)?
@@ -573,7 +581,7 @@ fn mount_one(root: BorrowedFd, index: usize, m: &Mount, ctx: &RootfsContext) -> 
         if let Some(tree) = ctx.idmapped.get(index) {
             crate::sys::move_mount(tree, target.as_fd()).ctx(|| {
                 format!(
-                    "attach the id-mapped mount of {} at {}",
+                    "attach the prepared mount of {} at {}",
                     source.display(),
                     dest.display()
                 )
@@ -1276,8 +1284,9 @@ fn create_dev_symlinks(root: BorrowedFd) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Switching root, and what comes after
 
-pub fn switch_root(root: OwnedFd, no_pivot: bool) -> Result<()> {
+pub fn switch_root(root: OwnedFd, rootfs: &Path, no_pivot: bool) -> Result<()> {
     if no_pivot {
+        hide_full_pseudo_fs(rootfs)?;
         fchdir(root.as_raw_fd()).ctx(|| "chdir into the rootfs")?;
         mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
             .ctx(|| "move the rootfs to / (--no-pivot)")?;
@@ -1301,6 +1310,82 @@ pub fn switch_root(root: OwnedFd, no_pivot: bool) -> Result<()> {
     }
     chdir("/").ctx(|| "chdir to the new root")?;
     Ok(())
+}
+
+/// --no-pivot leaves the old root's mounts in the mount namespace, under the chroot: a
+/// fully visible procfs or sysfs among them lets the container mount a fresh one from a
+/// nested user namespace (the kernel's mount_too_revealing check looks at the namespace, not
+/// the chroot), bypassing every masked and read-only path. As runc does, detach each full
+/// proc and sysfs mount outside the rootfs, or cover it with a tmpfs where that is refused.
+fn hide_full_pseudo_fs(rootfs: &Path) -> Result<()> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "read mountinfo")?;
+    let mut targets: Vec<String> = Vec::new();
+    for line in mountinfo.lines() {
+        let (pre, post) = match line.split_once(" - ") {
+            Some(x) => x,
+            None => continue,
+        };
+        let fields: Vec<&str> = pre.split(' ').collect();
+        let fstype = post.split(' ').next().unwrap_or("");
+        let (Some(root), Some(point)) = (fields.get(3), fields.get(4)) else {
+            continue;
+        };
+        let point = unescape_mountinfo(point);
+        if *root == "/"
+            && matches!(fstype, "proc" | "sysfs")
+            && !Path::new(&point).starts_with(rootfs)
+        {
+            targets.push(point);
+        }
+    }
+    // Deepest first, so a parent's detach does not hide a child still to be handled.
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for t in targets {
+        match mount(
+            None::<&str>,
+            t.as_str(),
+            None::<&str>,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None::<&str>,
+        ) {
+            Ok(()) => {}
+            Err(Errno::ENOENT) => continue,
+            Err(e) => return Err(e).ctx(|| format!("--no-pivot: make {t} a slave")),
+        }
+        match umount2(t.as_str(), MntFlags::MNT_DETACH) {
+            Ok(()) => {}
+            Err(Errno::EINVAL | Errno::EPERM) => mount(
+                Some("tmpfs"),
+                t.as_str(),
+                Some("tmpfs"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .ctx(|| format!("--no-pivot: cover {t}"))?,
+            Err(e) => return Err(e).ctx(|| format!("--no-pivot: detach {t}")),
+        }
+    }
+    Ok(())
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// After pivot_root: propagation of the new root, sysctls, masked and read-only paths, and a

@@ -57,6 +57,9 @@ fn parse_dropping_unknown_caps(raw: &[u8]) -> Option<Spec> {
             known
         });
     }
+    if unknown.is_empty() {
+        return None;
+    }
     unknown.sort();
     unknown.dedup();
     eprintln!("vessel-runtime: warning: ignoring unknown or unavailable capabilities: {unknown:?}");
@@ -386,12 +389,19 @@ mod tests {
     }
 
     #[test]
-    fn unknown_capability_names_the_field() {
+    fn unknown_capabilities_are_dropped_as_runc_does() {
         let mut v = minimal();
-        v["process"]["capabilities"] = serde_json::json!({"bounding": ["CAP_CHOWN", "CAP_FLY"]});
+        v["process"]["capabilities"] =
+            serde_json::json!({"bounding": ["CAP_CHOWN", "CAP_FLY"], "effective": ["CAP_FLY"]});
+        let raw = serde_json::to_vec(&v).unwrap();
+        let spec = parse_spec(&raw, "config.json").unwrap();
+        let caps = spec.process().as_ref().unwrap().capabilities().as_ref().unwrap();
+        assert_eq!(caps.bounding().as_ref().unwrap().len(), 1);
+        assert!(caps.effective().as_ref().unwrap().is_empty());
+        // Anything else that is malformed still names its field.
+        v["process"]["capabilities"] = serde_json::json!({"bounding": "CAP_CHOWN"});
         let e = check(v).unwrap_err().to_string();
-        assert!(e.contains("process.capabilities.bounding[1]"), "{e}");
-        assert!(e.contains("CAP_FLY"), "{e}");
+        assert!(e.contains("process.capabilities.bounding"), "{e}");
     }
 
     #[test]
