@@ -193,7 +193,12 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     let into_cgroup = matches!(cgroup.layout(), vessel_cgroups::Layout::V2);
     let plan = NsPlan::new(&spec, into_cgroup)?;
     // Detached mounts and a reaped helper: nothing to undo on the host if a later step fails.
-    let idmapped = crate::idmap::DetachedBinds::prepare(&spec, plan.enters_user_ns())?;
+    // (Rootless, the runtime opens sources as the same user the container maps, and may
+    // not clone mounts: by path, inside, is what it can do.)
+    let idmapped = crate::idmap::DetachedBinds::prepare(
+        &spec,
+        plan.enters_user_ns() && nix::unistd::geteuid().is_root(),
+    )?;
     let (console, relay) = console_for(
         terminal,
         opts.console_socket.as_deref(),
