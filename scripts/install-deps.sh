@@ -5,6 +5,7 @@ packages=(
   build-essential pkg-config libseccomp-dev   # build (libseccomp for the seccomp crate)
   busybox-static                              # offline test images and bundles
   runc crun                                   # side-by-side runtimes (tests, bench)
+  criu                                        # checkpoint/restore (vessel-runtime checkpoint/restore)
   podman conmon uidmap containernetworking-plugins catatonit  # podman drives vessel-runtime
   containerd                                  # ctr drives vessel-runtime
   skopeo docker-registry                      # registry interop

@@ -37,6 +37,9 @@ pub enum Error {
     /// The container's init (or an exec'd process) reported a failure before running user code.
     #[error("{0}")]
     Child(String),
+    /// CRIU (checkpoint/restore) is missing, or failed: the message quotes what it said.
+    #[error("{0}")]
+    Criu(String),
     #[error("{kind} hook #{index} ({path}) failed: {reason}")]
     Hook {
         kind: &'static str,

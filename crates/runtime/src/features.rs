@@ -35,7 +35,7 @@ pub fn features() -> Value {
             "mountExtensions": {"idmap": {"enabled": true}}
         },
         "annotations": {
-            "org.opencontainers.runc.checkpoint.enabled": "false",
+            "org.opencontainers.runc.checkpoint.enabled": "true",
             "io.github.vessel.runtime.version": env!("CARGO_PKG_VERSION")
         }
     })

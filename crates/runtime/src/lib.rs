@@ -6,6 +6,7 @@
 //! process model".
 
 pub mod channel;
+pub mod checkpoint;
 pub mod console;
 pub mod container;
 pub mod create;

@@ -38,9 +38,9 @@ struct Cli {
     /// Use systemd for cgroups (needs a running systemd).
     #[arg(long = "systemd-cgroup", global = true)]
     systemd_cgroup: bool,
-    /// Accepted for runc compatibility; checkpointing is not supported.
-    #[arg(long, global = true, hide = true)]
-    criu: Option<String>,
+    /// The criu binary for checkpoint/restore (a path, or a name looked up in PATH).
+    #[arg(long, global = true, default_value = vessel_runtime::checkpoint::DEFAULT_CRIU)]
+    criu: PathBuf,
     /// Accepted for runc compatibility (before the command only: `spec` has its own).
     #[arg(long = "rootless", hide = true)]
     rootless_mode: Option<String>,
@@ -167,6 +167,10 @@ enum Command {
     },
     /// Change the resource limits of a running container.
     Update(Box<UpdateArgs>),
+    /// Checkpoint a running container with CRIU.
+    Checkpoint(CheckpointArgs),
+    /// Restore a container from a checkpoint made by `checkpoint`.
+    Restore(RestoreArgs),
     /// Print what this runtime supports (runtime-spec features document).
     Features,
     /// Write a default config.json.
@@ -514,6 +518,11 @@ fn run(cli: Cli) -> Result<i32> {
             container::update(&root, &a.id, &res)?;
             Ok(0)
         }
+        Command::Checkpoint(a) => {
+            vessel_runtime::checkpoint::checkpoint(&checkpoint_options(&root, cli.criu, a)?)?;
+            Ok(0)
+        }
+        Command::Restore(a) => restore_container(&root, cli.criu, a),
         Command::Features => {
             println!(
                 "{}",
@@ -532,6 +541,135 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// The CRIU switches `checkpoint` and `restore` share (runc's names).
+#[derive(clap::Args)]
+struct CriuArgs {
+    /// Path to the CRIU image files (default: ./checkpoint).
+    #[arg(long = "image-path")]
+    image_path: Option<PathBuf>,
+    /// Path for CRIU's work files and logs (default: the image path).
+    #[arg(long = "work-path")]
+    work_path: Option<PathBuf>,
+    /// Allow open TCP connections.
+    #[arg(long = "tcp-established")]
+    tcp_established: bool,
+    /// Allow external unix sockets.
+    #[arg(long = "ext-unix-sk")]
+    ext_unix_sk: bool,
+    /// Allow shell jobs.
+    #[arg(long = "shell-job")]
+    shell_job: bool,
+    /// Handle file locks.
+    #[arg(long = "file-locks")]
+    file_locks: bool,
+    /// cgroups mode: soft (default), full, strict or ignore.
+    #[arg(long = "manage-cgroups-mode")]
+    manage_cgroups_mode: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct CheckpointArgs {
+    #[command(flatten)]
+    criu: CriuArgs,
+    /// Leave the container running after checkpointing.
+    #[arg(long = "leave-running")]
+    leave_running: bool,
+    id: String,
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    #[command(flatten)]
+    criu: CriuArgs,
+    /// Path to the bundle (the directory with config.json).
+    #[arg(short, long, default_value = ".")]
+    bundle: PathBuf,
+    /// Do not wait for the restored container.
+    #[arg(short, long)]
+    detach: bool,
+    #[arg(long = "pid-file")]
+    pid_file: Option<PathBuf>,
+    #[arg(long = "console-socket")]
+    console_socket: Option<PathBuf>,
+    #[arg(long = "no-pivot")]
+    no_pivot: bool,
+    id: String,
+}
+
+/// --image-path (runc's default: ./checkpoint), --work-path and the CRIU switches.
+fn criu_paths_and_flags(
+    a: CriuArgs,
+) -> Result<(
+    PathBuf,
+    Option<PathBuf>,
+    vessel_runtime::checkpoint::CriuFlags,
+)> {
+    let image_path = match a.image_path {
+        Some(p) => p,
+        None => std::env::current_dir()
+            .context("the current directory (for the default --image-path)")?
+            .join("checkpoint"),
+    };
+    let mode = a
+        .manage_cgroups_mode
+        .as_deref()
+        .map(vessel_runtime::checkpoint::CgroupsMode::parse)
+        .transpose()?;
+    let flags = vessel_runtime::checkpoint::CriuFlags {
+        tcp_established: a.tcp_established,
+        ext_unix_sk: a.ext_unix_sk,
+        shell_job: a.shell_job,
+        file_locks: a.file_locks,
+        manage_cgroups_mode: mode,
+    };
+    Ok((image_path, a.work_path, flags))
+}
+
+fn checkpoint_options(
+    root: &Path,
+    criu: PathBuf,
+    a: CheckpointArgs,
+) -> Result<vessel_runtime::checkpoint::CheckpointOptions> {
+    let (image_path, work_path, flags) = criu_paths_and_flags(a.criu)?;
+    Ok(vessel_runtime::checkpoint::CheckpointOptions {
+        root: root.to_path_buf(),
+        id: a.id,
+        criu,
+        image_path,
+        work_path,
+        leave_running: a.leave_running,
+        flags,
+    })
+}
+
+/// As runc: in the foreground, wait for the restored container (relaying its terminal) and
+/// delete it once it exits, with its exit code as ours.
+fn restore_container(root: &Path, criu: PathBuf, a: RestoreArgs) -> Result<i32> {
+    let (image_path, work_path, flags) = criu_paths_and_flags(a.criu)?;
+    let id = a.id.clone();
+    let detach = a.detach;
+    let restored =
+        vessel_runtime::checkpoint::restore(&vessel_runtime::checkpoint::RestoreOptions {
+            root: root.to_path_buf(),
+            id: a.id,
+            bundle: a.bundle,
+            criu,
+            image_path,
+            work_path,
+            flags,
+            console_socket: a.console_socket,
+            relay_terminal: !detach,
+            pid_file: a.pid_file,
+            no_pivot: a.no_pivot,
+        })?;
+    if detach {
+        return Ok(0);
+    }
+    let code = wait_relaying(restored.pid, restored.relay)?;
+    container::delete(root, &id, true)?;
+    Ok(code)
 }
 
 fn create_options(root: &Path, a: CreateArgs) -> CreateOptions {
