@@ -23,9 +23,27 @@ use serde_json::{json, Value};
 
 const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done";
 
-/// A criu that passes `criu check` here (the first one in PATH that does), or None after
-/// saying what each one said.
-fn criu() -> Option<PathBuf> {
+/// A criu that passes `criu check` here (the first one in PATH that does), with the lock
+/// that runs these tests one at a time; or None after saying what each criu said.
+///
+/// One at a time: on this hybrid-cgroup host, CRIU mounting the cgroup2 hierarchy (its
+/// cgroup "yard", to dump and restore cgroups) makes a concurrent `create` in a new cgroup
+/// namespace fail to mount cgroup2 with EBUSY, and these tests create while others dump.
+fn criu() -> Option<(PathBuf, std::fs::File)> {
+    let criu = usable_criu()?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(Path::new(env!("CARGO_TARGET_TMPDIR")).join("checkpoint-tests.lock"))
+        .expect("open the lock file");
+    // SAFETY: flock on a descriptor we own; released when the file is dropped.
+    let r = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(r, 0, "lock: {}", std::io::Error::last_os_error());
+    Some((criu, lock))
+}
+
+fn usable_criu() -> Option<PathBuf> {
     static CRIU: OnceLock<Option<PathBuf>> = OnceLock::new();
     CRIU.get_or_init(|| {
         if !vessel_testkit::is_root() {
@@ -322,7 +340,11 @@ fn counting_with(rt: &Rt, id: &str, cg: &str, cfg: &Value) -> Counting {
         eprintln!("{} checkpoint: {}", rt.name, stderr(&o));
         return out;
     }
-    let at_checkpoint = rt.count().unwrap_or(0);
+    // Checkpointed between its truncate and its write, the file stays empty until the
+    // restored shell writes: what matters is that nothing changes meanwhile.
+    let raw = || std::fs::read_to_string(rt.count_path()).unwrap_or_default();
+    let frozen = raw();
+    let at_checkpoint = frozen.trim().parse().unwrap_or(0);
     out.container_gone_after_checkpoint = rt.state(id).is_none();
     out.process_gone_after_checkpoint = wait_dead(old);
     out.cgroup_gone_after_checkpoint = cgroup_dirs(cg).is_empty();
@@ -334,7 +356,7 @@ fn counting_with(rt: &Rt, id: &str, cg: &str, cfg: &Value) -> Counting {
             .any(|e| e.file_name().to_string_lossy().starts_with("pages-"));
     out.dump_log_in_work_path = work.join("dump.log").exists() && !img.join("dump.log").exists();
     std::thread::sleep(Duration::from_millis(500));
-    out.stood_still_while_checkpointed = rt.count() == Some(at_checkpoint);
+    out.stood_still_while_checkpointed = raw() == frozen;
 
     let o = rt.out(&[
         "restore",
@@ -418,7 +440,9 @@ fn runc_does() -> Counting {
 
 #[test]
 fn checkpointed_counter_is_restored_and_counts_on() {
-    let Some(criu) = criu() else { return };
+    let Some((criu, _serial)) = criu() else {
+        return;
+    };
     let env = TestEnv::new();
     let ours = Rt::vessel(&env, &criu);
     let (id, cg) = (unique("ck"), unique("cg"));
@@ -452,7 +476,9 @@ fn checkpointed_counter_is_restored_and_counts_on() {
 /// to CRIU, restored from the host (and the same mount table comes back).
 #[test]
 fn bind_mounts_and_host_cgroup_dirs_come_back() {
-    let Some(criu) = criu() else { return };
+    let Some((criu, _serial)) = criu() else {
+        return;
+    };
     let env = TestEnv::new();
     let data = env.tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
@@ -548,7 +574,9 @@ fn leave_running(rt: &Rt, id: &str, cg: &str) -> (LeftRunning, String) {
 
 #[test]
 fn leave_running_keeps_it_running_and_restore_onto_it_is_refused() {
-    let Some(criu) = criu() else { return };
+    let Some((criu, _serial)) = criu() else {
+        return;
+    };
     let env = TestEnv::new();
     let ours = Rt::vessel(&env, &criu);
     let (id, cg) = (unique("lr"), unique("cg"));
@@ -714,7 +742,9 @@ fn tcp(rt: &Rt, id: &str, cg: &str) -> Vec<String> {
 
 #[test]
 fn tcp_established_connection_survives() {
-    let Some(criu) = criu() else { return };
+    let Some((criu, _serial)) = criu() else {
+        return;
+    };
     let env = TestEnv::new();
     let ours = Rt::vessel(&env, &criu);
     let (id, cg) = (unique("tcp"), unique("cg"));
@@ -859,7 +889,9 @@ fn file_locks(rt: &Rt, id: &str, cg: &str) -> (Locks, String) {
 
 #[test]
 fn file_locks_held_by_the_container_are_restored() {
-    let Some(criu) = criu() else { return };
+    let Some((criu, _serial)) = criu() else {
+        return;
+    };
     let env = TestEnv::new();
     let ours = Rt::vessel(&env, &criu);
     if holdlock(&ours.bundle.join("rootfs"), env.tmp.path()).is_none() {
@@ -920,7 +952,9 @@ fn append(path: &Path) -> std::fs::File {
 
 #[test]
 fn stdio_files_outside_the_container() {
-    let Some(criu) = criu() else { return };
+    let Some((criu, _serial)) = criu() else {
+        return;
+    };
     let env = TestEnv::new();
     let ours = Rt::vessel(&env, &criu);
     let (id, cg) = (unique("io"), unique("cg"));
@@ -940,7 +974,11 @@ fn stdio_files_outside_the_container() {
         .stderr(f)
         .status()
         .unwrap();
-    assert!(st.success());
+    assert!(
+        st.success(),
+        "run -d: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     ours.wait_count(3).expect("counts");
     let img = env.tmp.path().join("io-images");
     let o = ours.out(&["checkpoint", "--image-path", img.to_str().unwrap(), &id]);
@@ -1010,7 +1048,9 @@ fn stdio_files_outside_the_container() {
 
 #[test]
 fn errors_say_what_is_wrong_as_runc() {
-    let Some(criu) = criu() else { return };
+    let Some((criu, _serial)) = criu() else {
+        return;
+    };
     let env = TestEnv::new();
     let ours = Rt::vessel(&env, &criu);
     let theirs = Rt::runc(&env, &criu);
@@ -1123,7 +1163,9 @@ fn errors_say_what_is_wrong_as_runc() {
 /// process or mount; the same ID then restores from good images.
 #[test]
 fn failed_restore_leaves_nothing_behind() {
-    let Some(criu) = criu() else { return };
+    let Some((criu, _serial)) = criu() else {
+        return;
+    };
     let env = TestEnv::new();
     let ours = Rt::vessel(&env, &criu);
     let (id, cg) = (unique("bad"), unique("cg"));
