@@ -955,13 +955,25 @@ fn mount_cgroup(
             } else {
                 ("cgroup", Some(h.controllers.clone()))
             };
-            mount(
-                Some("cgroup"),
-                tp.as_str(),
-                Some(fstype),
-                flags,
-                data.as_deref(),
-            )
+            // A fresh cgroup mount fails with EBUSY while another task (CRIU's cgroup
+            // handling, seen here) holds the hierarchy's superblock in transition: brief, so
+            // retry for up to half a second before giving up.
+            let mut tries = 0;
+            loop {
+                match mount(
+                    Some("cgroup"),
+                    tp.as_str(),
+                    Some(fstype),
+                    flags,
+                    data.as_deref(),
+                ) {
+                    Err(Errno::EBUSY) if tries < 50 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    r => break r,
+                }
+            }
             .ctx(|| format!("mount cgroup {name} on {}", sub.display()))?;
         } else {
             let within = own.get(&key).map(String::as_str).unwrap_or("/");
