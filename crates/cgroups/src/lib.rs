@@ -104,6 +104,21 @@ fn check_path(cgroups_path: &Path) -> Result<PathBuf> {
     Ok(rel)
 }
 
+/// A sub-cgroup path for `sub_cgroup`: relative to the container's cgroup (a leading "/"
+/// is allowed and means the same), no ".." or "." components. Empty means the container's
+/// cgroup itself.
+fn check_sub_path(sub: &str) -> std::result::Result<PathBuf, &'static str> {
+    let mut rel = PathBuf::new();
+    for c in sub.split('/').filter(|c| !c.is_empty()) {
+        match c {
+            ".." => return Err("is not a sub-cgroup of the container's cgroup (\"..\")"),
+            "." => return Err("must not contain \".\""),
+            _ => rel.push(c),
+        }
+    }
+    Ok(rel)
+}
+
 impl CgroupManager {
     /// `cgroups_path` is linux.cgroupsPath: absolute paths are relative to each hierarchy's
     /// root, relative ones to the calling process's own cgroup (as runc).
@@ -321,6 +336,14 @@ impl CgroupManager {
     }
 
     pub fn kill_all(&self, signal: i32) -> Result<()> {
+        // Signal 0 only asks whether the processes exist: nothing to freeze for.
+        if signal == 0 {
+            for pid in self.pids()? {
+                // SAFETY: plain kill(2) with signal 0, which delivers nothing.
+                unsafe { libc::kill(pid, 0) };
+            }
+            return Ok(());
+        }
         if signal == libc::SIGKILL {
             if let Some(u) = &self.unified {
                 let kill = u.join("cgroup.kill");
@@ -340,6 +363,67 @@ impl CgroupManager {
             self.thaw()?;
         }
         Ok(())
+    }
+
+    /// This cgroup with some of its hierarchies replaced by existing sub-cgroups of them,
+    /// for a process that is to run in a sub-cgroup of the container's (runc's
+    /// `exec --cgroup`). Each entry is (controllers, path below the container's cgroup);
+    /// no controllers means every hierarchy. Paths must stay below the container's cgroup
+    /// and must exist: nothing is created.
+    pub fn sub_cgroup(&self, subs: &[(Vec<String>, String)]) -> Result<CgroupManager> {
+        let mut out = self.clone();
+        for (controllers, sub) in subs {
+            let shown = if controllers.is_empty() {
+                sub.clone()
+            } else {
+                format!("{}:{sub}", controllers.join(","))
+            };
+            let bad = |why: String| Error::Invalid(format!("--cgroup {shown:?}: {why}"));
+            let rel = check_sub_path(sub).map_err(|why| bad(why.into()))?;
+            if controllers.is_empty() {
+                for (_, dir) in &mut out.v1 {
+                    dir.push(&rel);
+                }
+                if let Some(u) = &mut out.unified {
+                    u.push(&rel);
+                }
+                continue;
+            }
+            if self.layout == Layout::V2 {
+                return Err(bad(
+                    "cgroup v2 has a single hierarchy: give the sub-cgroup without a \
+                     controller prefix"
+                        .into(),
+                ));
+            }
+            for c in controllers {
+                let base = self.dir_for(c).ok_or_else(|| {
+                    bad(format!(
+                        "unknown controller {c:?} (this host's hierarchies: {})",
+                        self.v1
+                            .iter()
+                            .map(|(cs, _)| cs.join(","))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ))
+                })?;
+                let target = base.join(&rel);
+                if let Some((_, d)) = out.v1.iter_mut().find(|(cs, _)| cs.iter().any(|x| x == c)) {
+                    *d = target;
+                } else if let Some(u) = &mut out.unified {
+                    *u = target;
+                }
+            }
+        }
+        for dir in out.all_dirs() {
+            if !dir.is_dir() {
+                return Err(Error::Invalid(format!(
+                    "--cgroup: the sub-cgroup {} does not exist (it is joined, not created)",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(out)
     }
 
     pub fn stats(&self) -> Result<Stats> {
@@ -371,6 +455,17 @@ impl DirFlags for std::fs::OpenOptions {
 mod tests {
     use super::check_path;
     use std::path::{Path, PathBuf};
+
+    #[test]
+    fn sub_cgroup_paths() {
+        use super::check_sub_path;
+        assert_eq!(check_sub_path("a/b").ok(), Some(PathBuf::from("a/b")));
+        assert_eq!(check_sub_path("/a//b/").ok(), Some(PathBuf::from("a/b")));
+        assert_eq!(check_sub_path("").ok(), Some(PathBuf::new()));
+        assert!(check_sub_path("../x").unwrap_err().contains(".."));
+        assert!(check_sub_path("a/../../x").is_err());
+        assert!(check_sub_path("a/./b").is_err());
+    }
 
     #[test]
     fn cgroups_path_checks() {

@@ -151,6 +151,76 @@ fn limit_str(v: i64) -> String {
     }
 }
 
+/// v1 CFS (and RT) bandwidth: a period and its quota (runtime), two files the kernel checks
+/// together. Each write must keep quota/period within what the parent cgroup allows, so a
+/// new period next to the old quota can be refused (EINVAL) where the final pair is fine —
+/// a shorter period inside a "pod" cgroup with a CPU limit, say. As runc's fs/cpu.go: the
+/// period first; if the kernel refuses it and a quota is coming too, the quota, then the
+/// period again. `field` names the spec fields for the error.
+fn write_paired(
+    d: &Path,
+    (period_file, period): (&str, Option<i64>),
+    (quota_file, quota): (&str, Option<i64>),
+    field: &str,
+) -> Result<()> {
+    let einval =
+        |e: &Error| matches!(e, Error::Io { err, .. } if err.raw_os_error() == Some(libc::EINVAL));
+    let explain = |e: Error| match e {
+        Error::Io { context, err } if err.raw_os_error() == Some(libc::EINVAL) => Error::Io {
+            context: format!(
+                "{field}: {context} (the kernel refuses a quota/period ratio above what the \
+                 parent cgroup allows, and values out of its range)"
+            ),
+            err,
+        },
+        e => e,
+    };
+    let mut period_pending = None;
+    if let Some(p) = period {
+        match write(&d.join(period_file), &p.to_string()) {
+            Ok(()) => {}
+            Err(e) if einval(&e) && quota.is_some() => period_pending = Some(p),
+            Err(e) => return Err(explain(e)),
+        }
+    }
+    if let Some(q) = quota {
+        write(&d.join(quota_file), &q.to_string()).map_err(explain)?;
+        if let Some(p) = period_pending {
+            write(&d.join(period_file), &p.to_string()).map_err(explain)?;
+        }
+    }
+    Ok(())
+}
+
+/// The cpu.max line for a quota and period (either may be absent), or None to leave it
+/// alone. A missing half keeps what the cgroup has: the kernel keeps the period when only a
+/// quota is written; a period alone needs the current quota, read from cpu.max. A quota of
+/// -1 (or any negative) is "max", no limit.
+pub(crate) fn v2_cpu_max(
+    quota: Option<i64>,
+    period: Option<u64>,
+    current: impl FnOnce() -> Result<String>,
+) -> Result<Option<String>> {
+    let quota_str = |q: i64| {
+        if q > 0 {
+            q.to_string()
+        } else {
+            "max".into()
+        }
+    };
+    let period = period.filter(|p| *p > 0);
+    Ok(match (quota.filter(|q| *q != 0), period) {
+        (None, None) => None,
+        (Some(q), None) => Some(quota_str(q)),
+        (Some(q), Some(p)) => Some(format!("{} {p}", quota_str(q))),
+        (None, Some(p)) => {
+            let now = current()?;
+            let q = now.split_whitespace().next().unwrap_or("max").to_string();
+            Some(format!("{q} {p}"))
+        }
+    })
+}
+
 pub fn apply(m: &CgroupManager, res: &LinuxResources) -> Result<()> {
     validate(res, m.layout())?;
     let v2 = m.layout() == Layout::V2;
@@ -235,13 +305,10 @@ pub fn apply(m: &CgroupManager, res: &LinuxResources) -> Result<()> {
             if let Some(s) = cpu.shares().filter(|s| *s > 0) {
                 write(&d.join("cpu.weight"), &cpu_weight(s).to_string())?;
             }
-            if cpu.quota().is_some() || cpu.period().is_some() {
-                let quota = match cpu.quota() {
-                    Some(q) if q > 0 => q.to_string(),
-                    _ => "max".into(),
-                };
-                let period = cpu.period().filter(|p| *p > 0).unwrap_or(100_000);
-                write(&d.join("cpu.max"), &format!("{quota} {period}"))?;
+            if let Some(v) = v2_cpu_max(cpu.quota(), cpu.period(), || {
+                crate::fs::read(&d.join("cpu.max"))
+            })? {
+                write(&d.join("cpu.max"), &v)?;
             }
             if let Some(b) = cpu.burst() {
                 write(&d.join("cpu.max.burst"), &b.to_string())?;
@@ -250,21 +317,24 @@ pub fn apply(m: &CgroupManager, res: &LinuxResources) -> Result<()> {
             if let Some(s) = cpu.shares().filter(|s| *s > 0) {
                 write(&d.join("cpu.shares"), &s.to_string())?;
             }
-            if let Some(p) = cpu.period().filter(|p| *p > 0) {
-                write(&d.join("cpu.cfs_period_us"), &p.to_string())?;
-            }
-            if let Some(q) = cpu.quota().filter(|q| *q != 0) {
-                write(&d.join("cpu.cfs_quota_us"), &q.to_string())?;
-            }
+            write_paired(
+                d,
+                (
+                    "cpu.cfs_period_us",
+                    cpu.period().filter(|p| *p > 0).map(|p| p as i64),
+                ),
+                ("cpu.cfs_quota_us", cpu.quota().filter(|q| *q != 0)),
+                "linux.resources.cpu.period/quota",
+            )?;
             if let Some(b) = cpu.burst() {
                 write(&d.join("cpu.cfs_burst_us"), &b.to_string())?;
             }
-            if let Some(p) = cpu.realtime_period() {
-                write(&d.join("cpu.rt_period_us"), &p.to_string())?;
-            }
-            if let Some(r) = cpu.realtime_runtime() {
-                write(&d.join("cpu.rt_runtime_us"), &r.to_string())?;
-            }
+            write_paired(
+                d,
+                ("cpu.rt_period_us", cpu.realtime_period().map(|p| p as i64)),
+                ("cpu.rt_runtime_us", cpu.realtime_runtime()),
+                "linux.resources.cpu.realtimePeriod/realtimeRuntime",
+            )?;
         }
         if let Some(i) = cpu.idle() {
             write(&d.join("cpu.idle"), &i.to_string())?;
@@ -528,6 +598,25 @@ mod tests {
             Layout::V1
         )
         .is_ok());
+    }
+
+    #[test]
+    fn v2_cpu_max_keeps_the_missing_half() {
+        let cur = || Ok::<_, Error>("50000 100000\n".to_string());
+        let max = |q, p| v2_cpu_max(q, p, cur).unwrap();
+        assert_eq!(max(None, None), None);
+        assert_eq!(max(Some(0), None), None);
+        // A quota alone: the kernel keeps the period.
+        assert_eq!(max(Some(20000), None), Some("20000".into()));
+        assert_eq!(max(Some(-1), None), Some("max".into()));
+        assert_eq!(max(Some(20000), Some(50000)), Some("20000 50000".into()));
+        assert_eq!(max(Some(-1), Some(50000)), Some("max 50000".into()));
+        // A period alone keeps the current quota (it used to become "max").
+        assert_eq!(max(None, Some(25000)), Some("50000 25000".into()));
+        assert_eq!(
+            v2_cpu_max(None, Some(25000), || Ok("max 100000".into())).unwrap(),
+            Some("max 25000".into())
+        );
     }
 
     #[test]
