@@ -89,7 +89,14 @@ pub fn start_loaded(dir: &StateDir, st: &State) -> Result<()> {
     let id = st.id.as_str();
     let status = dir.status(st);
     if status != Status::Created {
-        return Err(wrong(id, status, "only a created container can be started"));
+        // runc's wordings.
+        let action = match status {
+            Status::Running => "cannot start an already running container",
+            Status::Stopped => "cannot start a container that has stopped",
+            Status::Paused => "cannot start a paused container",
+            _ => "only a created container can be started",
+        };
+        return Err(wrong(id, status, action));
     }
     let fifo = dir.fifo_path();
     let f = std::fs::OpenOptions::new()
@@ -142,13 +149,15 @@ impl NonBlock for std::fs::OpenOptions {
     }
 }
 
+/// A signal by name (KILL, SIGKILL, SIGRTMIN+3) or number. 0 is valid: as with kill(2),
+/// it delivers nothing and checks that the process exists.
 pub fn parse_signal(s: &str) -> Result<i32> {
     if let Ok(n) = s.parse::<i32>() {
-        if (1..=64).contains(&n) {
+        if (0..=64).contains(&n) {
             return Ok(n);
         }
         return Err(Error::Usage(format!(
-            "signal {s:?}: numbers go from 1 to 64"
+            "signal {s:?}: numbers go from 0 to 64"
         )));
     }
     let upper = s.to_ascii_uppercase();
@@ -188,10 +197,25 @@ pub fn kill(root: &Path, id: &str, signal: i32, all: bool) -> Result<()> {
     let st = dir.load()?;
     let status = dir.status(&st);
     if status == Status::Stopped {
+        // As runc, `kill --all` still reaches what is left in the cgroup of a stopped
+        // container: processes that outlived its init, which only a container without a
+        // pid namespace of its own can have (containerd's shim sends it for exactly that).
+        // With its own pid namespace they all died with the init; anything still in the
+        // cgroup is not the container's and is left alone.
+        if all {
+            if let Some(cg) = st.cgroup_if_any()? {
+                if !own_pid_namespace(&dir) && !cg.pids()?.is_empty() {
+                    cg.kill_all(signal)?;
+                }
+            }
+            return Ok(());
+        }
+        // "container not running" is runc's wording: containerd and podman match it to
+        // tell an exited process from a failure.
         return Err(wrong(
             id,
             status,
-            "cannot send a signal to a stopped container",
+            "cannot send a signal to a stopped container (container not running)",
         ));
     }
     // Without a cgroup (rootless) the init is all there is to signal.
@@ -200,6 +224,30 @@ pub fn kill(root: &Path, id: &str, signal: i32, all: bool) -> Result<()> {
         return Ok(());
     }
     signal_init(&st, signal)
+}
+
+/// Whether the container has a pid namespace of its own (not the host's, not joined by
+/// path): then all of its processes die with its init.
+fn own_pid_namespace(dir: &StateDir) -> bool {
+    let Ok(spec) = dir.config() else {
+        // Unreadable: assume the safe answer, which never kills what may not be ours.
+        return true;
+    };
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid && n.path().is_none())
+}
+
+/// How many processes other than its init a just-created container's cgroup holds — a
+/// cgroup it shares with something else (runc 1.1 warns "container's cgroup is not empty").
+pub fn foreign_processes(st: &State) -> Result<usize> {
+    let Some(cg) = st.cgroup_if_any()? else {
+        return Ok(0);
+    };
+    Ok(cg.pids()?.into_iter().filter(|p| *p != st.pid).count())
 }
 
 fn signal_init(st: &State, signal: i32) -> Result<()> {
@@ -228,9 +276,9 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         Found::Unfinished(st) => {
             if let Some(st) = &st {
                 let cg = st.cgroup_if_any()?;
-                kill_and_wait(st, Status::Creating, cg.as_ref())?;
+                kill_and_wait(st, Status::Creating, cg.as_ref(), None)?;
                 steps.done("processes killed");
-                remove_cgroup(st, cg.as_ref())?;
+                remove_cgroup(&dir, st, cg.as_ref())?;
                 steps.done("cgroup removed");
             }
             dir.remove()?;
@@ -249,14 +297,21 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
     match status {
         Status::Stopped => {}
         // A created container never ran user code: deleting it is always allowed.
-        Status::Created => kill_and_wait(&st, status, cg.as_ref())?,
+        Status::Created => kill_and_wait(&st, status, cg.as_ref(), Some(&dir))?,
         Status::Running | Status::Paused | Status::Creating if force => {
-            kill_and_wait(&st, status, cg.as_ref())?
+            kill_and_wait(&st, status, cg.as_ref(), Some(&dir))?
         }
-        _ => return Err(wrong(id, status, "stop it first, or use delete --force")),
+        _ => {
+            return Err(wrong(
+                id,
+                status,
+                "cannot delete a container that is not stopped (stop it first, or use \
+                 delete --force)",
+            ))
+        }
     }
     steps.done("processes killed");
-    remove_cgroup(&st, cg.as_ref())?;
+    remove_cgroup(&dir, &st, cg.as_ref())?;
     steps.done("cgroup removed");
     if st.has_late_hooks && !st.stopped_hooks_done {
         let spec = dir.config().ok();
@@ -286,8 +341,16 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
 }
 
 /// SIGKILL everything in the container and wait for its init to exit. Each failure is
-/// reported: a container whose processes survive is not deleted.
-fn kill_and_wait(st: &State, status: Status, cg: Option<&CgroupManager>) -> Result<()> {
+/// reported: a container whose processes survive is not deleted. With `dir` (a container
+/// that finished its create), a container with a pid namespace of its own loses all of its
+/// processes with its init, so other processes in its cgroup — one it shares — are not
+/// killed (as runc, which signals the whole cgroup only without a private pid namespace).
+fn kill_and_wait(
+    st: &State,
+    status: Status,
+    cg: Option<&CgroupManager>,
+    dir: Option<&StateDir>,
+) -> Result<()> {
     let failed = |what: String| Error::WrongState {
         id: st.id.clone(),
         status: status.to_string(),
@@ -299,8 +362,16 @@ fn kill_and_wait(st: &State, status: Status, cg: Option<&CgroupManager>) -> Resu
             cg.thaw()
                 .map_err(|e| failed(format!("cannot thaw it to kill its processes: {e}")))?;
         }
-        cg.kill_all(libc::SIGKILL)
-            .map_err(|e| failed(format!("cannot kill its processes: {e}")))?;
+        // Only the init in the cgroup (the usual case): killing it is all there is to do, and
+        // the config need not be read.
+        let beyond_init = match dir {
+            Some(dir) => cg.pids()?.iter().any(|p| *p != st.pid) && !own_pid_namespace(dir),
+            None => true,
+        };
+        if beyond_init {
+            cg.kill_all(libc::SIGKILL)
+                .map_err(|e| failed(format!("cannot kill its processes: {e}")))?;
+        }
     }
     if st.pid <= 0 {
         return Ok(());
@@ -341,10 +412,33 @@ fn kill_and_wait(st: &State, status: Status, cg: Option<&CgroupManager>) -> Resu
 const KILL_WAIT_MS: i32 = 10_000;
 
 /// Remove the container's cgroup, after killing what is left in it (processes outside a
-/// pid namespace may outlive the init), and its resctrl group.
-fn remove_cgroup(st: &State, cg: Option<&CgroupManager>) -> Result<()> {
+/// pid namespace may outlive the init), and its resctrl group. A container with a pid
+/// namespace of its own has nothing left once its init is gone: whatever is still in the
+/// cgroup (it was shared) is not killed, and the cgroup stays with a warning, as runc.
+fn remove_cgroup(dir: &StateDir, st: &State, cg: Option<&CgroupManager>) -> Result<()> {
     if let Some(cg) = cg {
-        if !cg.pids()?.is_empty() {
+        let left = cg.pids()?;
+        if left.is_empty() {
+            cg.remove()?;
+        } else if own_pid_namespace(dir) {
+            // The container's own processes may still be exiting: remove() waits for them.
+            match cg.remove() {
+                Ok(()) => {}
+                Err(vessel_cgroups::Error::Io { err, .. })
+                    if err.raw_os_error() == Some(libc::EBUSY) =>
+                {
+                    eprintln!(
+                        "vessel-runtime: warning: container's cgroup is not empty: {} \
+                         process(es) found that are not the container's (it has a pid \
+                         namespace of its own); they were not killed and its cgroup {} \
+                         was left in place",
+                        cg.pids().map(|p| p.len()).unwrap_or(left.len()),
+                        st.cgroups_path.display()
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
             cg.kill_all(libc::SIGKILL).map_err(|e| Error::WrongState {
                 id: st.id.clone(),
                 status: "stopped".into(),
@@ -352,8 +446,8 @@ fn remove_cgroup(st: &State, cg: Option<&CgroupManager>) -> Result<()> {
                     "cannot kill the processes left in its cgroup: {e}; it was not deleted"
                 ),
             })?;
+            cg.remove()?;
         }
-        cg.remove()?;
     }
     if let Some(dir) = &st.intel_rdt {
         crate::rdt::remove(dir)?;
@@ -366,7 +460,11 @@ pub fn pause(root: &Path, id: &str) -> Result<()> {
     let st = dir.load()?;
     let status = dir.status(&st);
     if status != Status::Running && status != Status::Created {
-        return Err(wrong(id, status, "only a running container can be paused"));
+        return Err(wrong(
+            id,
+            status,
+            "only a running container can be paused (container not running)",
+        ));
     }
     Ok(st.cgroup("be paused")?.freeze()?)
 }
@@ -376,17 +474,26 @@ pub fn resume(root: &Path, id: &str) -> Result<()> {
     let st = dir.load()?;
     let status = dir.status(&st);
     if status != Status::Paused {
-        return Err(wrong(id, status, "only a paused container can be resumed"));
+        return Err(wrong(
+            id,
+            status,
+            "only a paused container can be resumed (container not paused)",
+        ));
     }
     Ok(st.cgroup("be resumed")?.thaw()?)
 }
 
+/// The processes in the container's cgroup. A stopped container has none (or what outlived
+/// its init, without a pid namespace of its own): an empty list, not an error, as runc.
 pub fn pids(root: &Path, id: &str) -> Result<Vec<i32>> {
     let dir = StateDir::open(root, id, false)?;
     let st = dir.load()?;
     let status = dir.status(&st);
     if status == Status::Stopped {
-        return Err(wrong(id, status, "a stopped container has no processes"));
+        return match st.cgroup_if_any()? {
+            Some(cg) if !own_pid_namespace(&dir) => Ok(cg.pids()?),
+            _ => Ok(Vec::new()),
+        };
     }
     Ok(st.cgroup("list its processes")?.pids()?)
 }
@@ -398,12 +505,47 @@ pub fn update(root: &Path, id: &str, resources: &LinuxResources) -> Result<()> {
     let st = dir.load()?;
     let status = dir.status(&st);
     if status == Status::Stopped {
-        return Err(wrong(id, status, "cannot update a stopped container"));
+        return Err(wrong(
+            id,
+            status,
+            "cannot update a stopped container (container not running)",
+        ));
     }
     let cg = st.cgroup("be updated")?;
     CgroupManager::validate(resources, cg.layout())?;
     cg.apply(resources)?;
     dir.merge_resources(resources)
+}
+
+/// runc's `update --l3-cache-schema/--mem-bw-schema`: new schemata lines for the
+/// container's own resctrl group (one that `linux.intelRdt` made for it).
+pub fn update_intel_rdt(root: &Path, id: &str, lines: &[(&str, &str)]) -> Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let dir = StateDir::open(root, id, true)?;
+    let st = dir.load()?;
+    let status = dir.status(&st);
+    if status == Status::Stopped {
+        return Err(wrong(
+            id,
+            status,
+            "cannot update a stopped container (container not running)",
+        ));
+    }
+    let flags = lines.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(", ");
+    let group = st.intel_rdt.as_ref().ok_or_else(|| {
+        Error::Usage(format!(
+            "{flags}: container {id:?} has no Intel RDT group of its own (its config.json \
+             has no linux.intelRdt, or shares a closID)"
+        ))
+    })?;
+    let schemata = group.join("schemata");
+    for (flag, line) in lines {
+        std::fs::write(&schemata, format!("{line}\n"))
+            .ctx(|| format!("{flag}: write {line:?} to {}", schemata.display()))?;
+    }
+    Ok(())
 }
 
 /// What `events` reports.
@@ -426,7 +568,11 @@ pub fn events(
         let st = dir.load()?;
         let status = dir.status(&st);
         if status == Status::Stopped {
-            return Err(wrong(id, status, "a stopped container has no events"));
+            return Err(wrong(
+                id,
+                status,
+                "a stopped container has no events (container is not running)",
+            ));
         }
         st
     };
@@ -489,7 +635,11 @@ pub fn stats(root: &Path, id: &str) -> Result<(Status, vessel_cgroups::Stats)> {
     let st = dir.load()?;
     let status = dir.status(&st);
     if status == Status::Stopped {
-        return Err(wrong(id, status, "a stopped container has no stats"));
+        return Err(wrong(
+            id,
+            status,
+            "a stopped container has no stats (container is not running)",
+        ));
     }
     Ok((status, st.cgroup("report stats")?.stats()?))
 }

@@ -31,6 +31,11 @@ pub struct ExecOptions {
     pub pid_file: Option<PathBuf>,
     pub detach: bool,
     pub preserve_fds: u32,
+    /// runc's --ignore-paused: exec into a paused container (the process starts frozen).
+    pub ignore_paused: bool,
+    /// runc's --cgroup: existing sub-cgroups of the container's to run in, as
+    /// (controllers, path); no controllers means every hierarchy.
+    pub sub_cgroups: Vec<(Vec<String>, String)>,
 }
 
 /// Returns the PID of the new process (in the runtime's pid namespace), and the terminal to
@@ -40,14 +45,29 @@ pub fn exec(opts: &ExecOptions) -> Result<(i32, Option<crate::tty_relay::TtyRela
     let dir = StateDir::open(&opts.root, &opts.id, false)?;
     let st = dir.load()?;
     let status = dir.status(&st);
-    if status != Status::Running && status != Status::Created {
+    let refused = match status {
+        Status::Running | Status::Created => None,
+        Status::Paused if opts.ignore_paused => None,
+        // runc's wordings.
+        Status::Paused => {
+            Some("cannot exec in a paused container (use --ignore-paused to override)")
+        }
+        Status::Stopped => Some("cannot exec in a stopped container"),
+        _ => Some("exec needs a created or running container"),
+    };
+    if let Some(action) = refused {
         return Err(Error::WrongState {
             id: opts.id.clone(),
             status: status.to_string(),
-            action: "exec needs a created or running container".into(),
+            action: action.into(),
         });
     }
     let spec = dir.config()?;
+    // Into a paused container (--ignore-paused) the process is born frozen and waits for
+    // `resume`, which locks the state dir exclusively: holding our shared lock until the
+    // process runs — and letting the helper inherit it — would deadlock the two. runc
+    // holds no lock across an exec at all.
+    let _lock = (status != Status::Paused).then_some(dir);
     let process = &opts.process;
     validate_process(process, "process")?;
     let terminal = process.terminal().unwrap_or(false);
@@ -103,7 +123,16 @@ pub fn exec(opts: &ExecOptions) -> Result<(i32, Option<crate::tty_relay::TtyRela
     // The new process joins the container's cgroup like its init did: the unified
     // hierarchy at the clone, v1 hierarchies by the helper moving itself (no RCU grace
     // period), while it is still in the host's user namespace and may write their files.
-    let cgroup = st.cgroup_if_any()?;
+    let cgroup = match (st.cgroup_if_any()?, opts.sub_cgroups.is_empty()) {
+        (cg, true) => cg,
+        (Some(cg), false) => Some(cg.sub_cgroup(&opts.sub_cgroups)?),
+        (None, false) => {
+            return Err(Error::Usage(format!(
+                "--cgroup: container {:?} has no cgroup of its own (created rootless)",
+                opts.id
+            )))
+        }
+    };
     let cg_fd = match &cgroup {
         Some(cg) => cg.unified_dir_fd()?,
         None => None,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use vessel_runtime::container;
 use vessel_runtime::create::{create, CreateOptions};
 use vessel_runtime::exec::{exec, process_from_args, ExecArgs, ExecOptions};
@@ -28,11 +28,13 @@ struct Cli {
         default_value = "/run/vessel-runtime"
     )]
     root: PathBuf,
-    /// Write logs (and errors) to this file.
+    /// Write log lines (errors, warnings, --debug lines) to this file, as runc.
     #[arg(long, global = true)]
     log: Option<PathBuf>,
+    /// Log line format in the --log file: text or json (runc's logrus lines).
     #[arg(long = "log-format", global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Enable debug logging.
     #[arg(long, global = true)]
     debug: bool,
     /// Use systemd for cgroups (needs a running systemd).
@@ -59,14 +61,19 @@ struct CreateArgs {
     /// Path to the bundle (the directory with config.json).
     #[arg(short, long, default_value = ".")]
     bundle: PathBuf,
+    /// AF_UNIX socket that receives the console's pseudoterminal master.
     #[arg(long = "console-socket")]
     console_socket: Option<PathBuf>,
+    /// File to write the container init's pid to.
     #[arg(long = "pid-file")]
     pid_file: Option<PathBuf>,
+    /// Do not use pivot_root to jail the process inside the rootfs.
     #[arg(long = "no-pivot")]
     no_pivot: bool,
+    /// Do not create a new session keyring for the container.
     #[arg(long = "no-new-keyring")]
     no_new_keyring: bool,
+    /// Pass N more file descriptors to the container (stdio + $LISTEN_FDS + N).
     #[arg(long = "preserve-fds", default_value_t = 0)]
     preserve_fds: u32,
     id: String,
@@ -82,37 +89,47 @@ enum Command {
     Run {
         #[command(flatten)]
         create: CreateArgs,
+        /// Detach from the container's process.
         #[arg(short, long)]
         detach: bool,
         /// Do not delete the container after it exits.
         #[arg(long)]
         keep: bool,
+        /// Accepted for runc compatibility: vessel-runtime never makes itself a subreaper.
+        #[arg(long = "no-subreaper")]
+        no_subreaper: bool,
     },
     /// Print the state of a container as JSON.
     State { id: String },
     /// Send a signal to the container's init (or to all its processes).
     Kill {
+        /// Send the signal to all processes in the container.
         #[arg(short, long)]
         all: bool,
         id: String,
+        /// A name (KILL, SIGKILL, RTMIN+1) or number; 0 only checks that the init exists.
         #[arg(default_value = "SIGTERM")]
         signal: String,
     },
     /// Delete a container and what it holds on the host.
     Delete {
+        /// Delete it even if it is running (SIGKILL first).
         #[arg(short, long)]
         force: bool,
         id: String,
     },
     /// List containers.
     List {
+        /// Print only the container ids.
         #[arg(short, long)]
         quiet: bool,
+        /// table or json.
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
     /// Show the processes of a container.
     Ps {
+        /// table (ps's own output, filtered) or json (the pids).
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         format: Format,
         id: String,
@@ -121,34 +138,54 @@ enum Command {
     },
     /// Run a new process in a container.
     Exec {
+        /// A runtime-spec process JSON file ("-" for stdin); the other flags are ignored.
         #[arg(short, long)]
         process: Option<PathBuf>,
+        /// Allocate a pseudo-TTY.
         #[arg(short, long)]
         tty: bool,
+        /// Working directory in the container.
         #[arg(long)]
         cwd: Option<PathBuf>,
+        /// Set an environment variable (NAME=VALUE).
         #[arg(short, long)]
         env: Vec<String>,
+        /// UID[:GID] to run as.
         #[arg(short, long)]
         user: Option<String>,
+        /// Additional gids.
         #[arg(short = 'g', long = "additional-gids")]
         additional_gids: Vec<u32>,
+        /// Add a capability to the process's sets.
         #[arg(short, long)]
         cap: Vec<String>,
+        /// Set no_new_privs for the process.
         #[arg(long = "no-new-privs")]
         no_new_privs: bool,
+        /// Detach from the process.
         #[arg(short, long)]
         detach: bool,
+        /// File to write the process's pid to.
         #[arg(long = "pid-file")]
         pid_file: Option<PathBuf>,
+        /// AF_UNIX socket that receives the pseudoterminal master.
         #[arg(long = "console-socket")]
         console_socket: Option<PathBuf>,
+        /// Pass N more file descriptors (stdio + $LISTEN_FDS + N).
         #[arg(long = "preserve-fds", default_value_t = 0)]
         preserve_fds: u32,
-        #[arg(long, hide = true)]
+        /// Set the AppArmor profile of the process.
+        #[arg(long)]
         apparmor: Option<String>,
-        #[arg(long = "process-label", hide = true)]
+        /// Set the SELinux label of the process.
+        #[arg(long = "process-label")]
         process_label: Option<String>,
+        /// Run in an existing sub-cgroup: [CONTROLLER[,CONTROLLER...]:]PATH.
+        #[arg(long = "cgroup", value_name = "CGROUP")]
+        cgroup: Vec<String>,
+        /// Allow exec in a paused container (the process waits for resume).
+        #[arg(long = "ignore-paused")]
+        ignore_paused: bool,
         id: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -159,8 +196,10 @@ enum Command {
     Resume { id: String },
     /// Print container statistics (once with --stats, else every --interval).
     Events {
+        /// Print the container's stats once and exit.
         #[arg(long)]
         stats: bool,
+        /// Stats collection interval.
         #[arg(long, default_value = "5s")]
         interval: String,
         id: String,
@@ -175,8 +214,10 @@ enum Command {
     Features,
     /// Write a default config.json.
     Spec {
+        /// Where to write config.json.
         #[arg(short, long, default_value = ".")]
         bundle: PathBuf,
+        /// A spec for a rootless container.
         #[arg(long)]
         rootless: bool,
     },
@@ -187,34 +228,52 @@ struct UpdateArgs {
     /// JSON file with linux.resources ("-" for stdin).
     #[arg(short, long)]
     resources: Option<PathBuf>,
-    #[arg(long)]
+    /// Memory limit (bytes, or 512m, 1g); -1 for unlimited.
+    #[arg(long, allow_hyphen_values = true)]
     memory: Option<String>,
-    #[arg(long = "memory-reservation")]
+    /// Memory soft limit.
+    #[arg(long = "memory-reservation", allow_hyphen_values = true)]
     memory_reservation: Option<String>,
-    #[arg(long = "memory-swap")]
+    /// Memory plus swap; -1 for unlimited.
+    #[arg(long = "memory-swap", allow_hyphen_values = true)]
     memory_swap: Option<String>,
     #[arg(long = "kernel-memory", hide = true)]
     kernel_memory: Option<String>,
     #[arg(long = "kernel-memory-tcp", hide = true)]
     kernel_memory_tcp: Option<String>,
-    #[arg(long = "cpu-shares")]
+    /// CPU shares (relative weight).
+    #[arg(long = "cpu-share", visible_alias = "cpu-shares")]
     cpu_shares: Option<u64>,
+    /// CPU CFS period in µs.
     #[arg(long = "cpu-period")]
     cpu_period: Option<u64>,
-    #[arg(long = "cpu-quota")]
+    /// CPU CFS quota in µs per period; -1 removes the limit.
+    #[arg(long = "cpu-quota", allow_negative_numbers = true)]
     cpu_quota: Option<i64>,
+    /// CPU real-time period in µs (cgroup v1).
     #[arg(long = "cpu-rt-period")]
     cpu_rt_period: Option<u64>,
-    #[arg(long = "cpu-rt-runtime")]
+    /// CPU real-time runtime in µs per period (cgroup v1).
+    #[arg(long = "cpu-rt-runtime", allow_negative_numbers = true)]
     cpu_rt_runtime: Option<i64>,
+    /// CPUs to run on (0-3, 0,1).
     #[arg(long = "cpuset-cpus")]
     cpuset_cpus: Option<String>,
+    /// Memory nodes to use (0-3, 0,1).
     #[arg(long = "cpuset-mems")]
     cpuset_mems: Option<String>,
+    /// Block I/O weight, 10 to 1000.
     #[arg(long = "blkio-weight")]
     blkio_weight: Option<u16>,
-    #[arg(long = "pids-limit")]
+    /// Maximum number of processes; -1 (or 0) for unlimited.
+    #[arg(long = "pids-limit", allow_negative_numbers = true)]
     pids_limit: Option<i64>,
+    /// Intel RDT L3 cache schema ("L3:..." line) of a container with linux.intelRdt.
+    #[arg(long = "l3-cache-schema")]
+    l3_cache_schema: Option<String>,
+    /// Intel RDT memory bandwidth schema ("MB:..." line) of a container with linux.intelRdt.
+    #[arg(long = "mem-bw-schema")]
+    mem_bw_schema: Option<String>,
     id: String,
 }
 
@@ -224,36 +283,102 @@ enum Format {
     Json,
 }
 
+/// Log lines as runc writes them (logrus): to the --log file in --log-format when one is
+/// given; on stderr otherwise. Errors always reach stderr too — as "vessel-runtime: MSG",
+/// unescaped, so multi-line hook output stays readable (runc prints logrus' escaped
+/// `time=... level=error msg="..."` there without --log, and the bare message with it).
 struct Logger {
     file: Option<PathBuf>,
     json: bool,
+    debug: bool,
 }
 
+#[derive(Clone, Copy)]
+enum Level {
+    Debug,
+    Warning,
+    Error,
+}
+
+impl Level {
+    fn as_str(self) -> &'static str {
+        match self {
+            Level::Debug => "debug",
+            Level::Warning => "warning",
+            Level::Error => "error",
+        }
+    }
+}
+
+static LOGGER: std::sync::OnceLock<Logger> = std::sync::OnceLock::new();
+
 impl Logger {
-    fn error(&self, msg: &str) {
-        eprintln!("vessel-runtime: {msg}");
-        let Some(path) = &self.file else { return };
-        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    fn line(&self, level: Level, msg: &str) {
+        if matches!(level, Level::Debug) && !self.debug {
+            return;
+        }
+        let Some(path) = &self.file else {
+            match level {
+                Level::Error => eprintln!("vessel-runtime: {msg}"),
+                l => eprintln!("vessel-runtime: {}: {msg}", l.as_str()),
+            }
+            return;
+        };
+        if matches!(level, Level::Error) {
+            eprintln!("vessel-runtime: {msg}");
+        }
+        // logrus' default: RFC 3339 in seconds, keys sorted (level, msg, time).
+        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let line = if self.json {
-            serde_json::json!({"level": "error", "msg": msg, "time": time}).to_string()
+            serde_json::json!({"level": level.as_str(), "msg": msg, "time": time}).to_string()
         } else {
-            format!("time={time:?} level=error msg={msg:?}")
+            format!("time={time:?} level={} msg={msg:?}", level.as_str())
         };
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
         {
-            let _ = writeln!(f, "{line}");
+            // One write per line, so concurrent runtimes sharing a log never interleave.
+            let _ = f.write_all(format!("{line}\n").as_bytes());
         }
+    }
+
+    fn error(&self, msg: &str) {
+        self.line(Level::Error, msg)
+    }
+}
+
+/// A --debug line (nothing without --debug).
+fn debug(msg: impl FnOnce() -> String) {
+    if let Some(l) = LOGGER.get().filter(|l| l.debug) {
+        l.line(Level::Debug, &msg());
+    }
+}
+
+fn warn(msg: &str) {
+    if let Some(l) = LOGGER.get() {
+        l.line(Level::Warning, msg);
     }
 }
 
 fn main() {
-    let cli = Cli::parse();
-    let logger = Logger {
+    let cli = parse_cli();
+    let logger = LOGGER.get_or_init(|| Logger {
         file: cli.log.clone(),
         json: cli.log_format == LogFormat::Json,
+        debug: cli.debug,
+    });
+    // runc exits 255 when exec fails (the exec'd process's own codes are 0..=255 too, but a
+    // caller cannot tell those apart either way), and says "exec failed:".
+    let is_exec = matches!(cli.command, Command::Exec { .. });
+    let fail = |msg: &str| -> ! {
+        if is_exec {
+            logger.error(&format!("exec failed: {msg}"));
+            std::process::exit(255);
+        }
+        logger.error(msg);
+        std::process::exit(1);
     };
     // Commands that place a process into a container first re-execute the runtime from a
     // handle the container cannot write (CVE-2019-5736; see self_exe). Nothing has been
@@ -263,17 +388,22 @@ fn main() {
         Command::Create(_) | Command::Run { .. } | Command::Exec { .. }
     ) {
         if let Err(e) = vessel_runtime::self_exe::ensure_protected() {
-            logger.error(&format!("run from a protected copy of the runtime: {e}"));
-            std::process::exit(1);
+            fail(&format!("run from a protected copy of the runtime: {e}"));
         }
     }
+    debug(|| {
+        format!(
+            "vessel-runtime {}: {}",
+            env!("CARGO_PKG_VERSION"),
+            std::env::args().collect::<Vec<_>>().join(" ")
+        )
+    });
     match run(cli) {
-        Ok(code) => std::process::exit(code),
-        Err(e) => {
-            let msg = format!("{e:#}");
-            logger.error(&msg);
-            std::process::exit(1);
+        Ok(code) => {
+            debug(|| format!("done, exit code {code}"));
+            std::process::exit(code)
         }
+        Err(e) => fail(&format!("{e:#}")),
     }
 }
 
@@ -284,7 +414,9 @@ fn run(cli: Cli) -> Result<i32> {
     let root = cli.root;
     match cli.command {
         Command::Create(a) => {
-            create(&create_options(&root, a))?;
+            let created = create(&create_options(&root, a))?;
+            debug(|| format!("created {}: init pid {}", created.state.id, created.pid));
+            warn_shared_cgroup(&created.state);
             Ok(0)
         }
         Command::Start { id } => {
@@ -295,6 +427,7 @@ fn run(cli: Cli) -> Result<i32> {
             create: a,
             detach,
             keep,
+            no_subreaper: _,
         } => run_container(&root, a, detach, keep),
         Command::State { id } => {
             let v = container::state(&root, &id)?;
@@ -303,6 +436,12 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Kill { all, id, signal } => {
             let sig = container::parse_signal(&signal)?;
+            debug(|| {
+                format!(
+                    "kill {id}: signal {sig}{}",
+                    if all { " to all" } else { "" }
+                )
+            });
             container::kill(&root, &id, sig, all)?;
             Ok(0)
         }
@@ -352,7 +491,12 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let pids = container::pids(&root, &id)?;
             if format == Format::Json {
-                println!("{}", serde_json::to_string(&pids)?);
+                // runc prints `null` for no processes (a stopped container), as for `list`.
+                if pids.is_empty() {
+                    println!("null");
+                } else {
+                    println!("{}", serde_json::to_string(&pids)?);
+                }
                 return Ok(0);
             }
             let args = if ps_args.is_empty() {
@@ -407,9 +551,13 @@ fn run(cli: Cli) -> Result<i32> {
             preserve_fds,
             apparmor,
             process_label,
+            cgroup,
+            ignore_paused,
             id,
             args,
         } => {
+            // Checked before anything else, as the other flags are.
+            let sub_cgroups = parse_sub_cgroups(&cgroup)?;
             let mut proc = match process {
                 Some(path) => {
                     let raw = if path == Path::new("-") {
@@ -420,21 +568,14 @@ fn run(cli: Cli) -> Result<i32> {
                         std::fs::read(&path)
                             .with_context(|| format!("read --process {}", path.display()))?
                     };
-                    let de = &mut serde_json::Deserializer::from_slice(&raw);
-                    serde_path_to_error::deserialize::<_, oci_spec::runtime::Process>(de).map_err(
-                        |e| {
-                            anyhow::anyhow!(
-                                "--process {}: {}: {}",
-                                path.display(),
-                                e.path(),
-                                e.inner()
-                            )
-                        },
-                    )?
+                    parse_process_file(&path, &raw)?
                 }
                 None => {
                     if args.is_empty() {
-                        bail!("exec: give the command to run, or --process FILE");
+                        bail!(
+                            "no command given: name the program to run after the container \
+                             id, or give --process FILE"
+                        );
                     }
                     process_from_args(
                         &root,
@@ -467,7 +608,10 @@ fn run(cli: Cli) -> Result<i32> {
                 pid_file,
                 detach,
                 preserve_fds,
+                ignore_paused,
+                sub_cgroups,
             })?;
+            debug(|| format!("exec: pid {pid}"));
             if detach {
                 return Ok(0);
             }
@@ -516,6 +660,14 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Update(a) => {
             let res = update_resources(&a)?;
             container::update(&root, &a.id, &res)?;
+            let rdt: Vec<(&str, &str)> = [
+                ("--l3-cache-schema", a.l3_cache_schema.as_deref()),
+                ("--mem-bw-schema", a.mem_bw_schema.as_deref()),
+            ]
+            .into_iter()
+            .filter_map(|(f, v)| Some((f, v?)))
+            .collect();
+            container::update_intel_rdt(&root, &a.id, &rdt)?;
             Ok(0)
         }
         Command::Checkpoint(a) => {
@@ -691,6 +843,8 @@ fn run_container(root: &Path, a: CreateArgs, detach: bool, keep: bool) -> Result
     let mut opts = create_options(root, a);
     opts.relay_terminal = !detach;
     let created = create(&opts)?;
+    debug(|| format!("created {id}: init pid {}", created.pid));
+    warn_shared_cgroup(&created.state);
     let pid = created.pid;
     let relay = created.relay;
     let started = container::start_loaded(&created.dir, &created.state);
@@ -913,10 +1067,290 @@ fn update_resources(a: &UpdateArgs) -> Result<oci_spec::runtime::LinuxResources>
     Ok(res)
 }
 
+/// runc 1.1's warning for a container created into a cgroup that already holds processes
+/// (a cgroup it shares): its limits and `kill --all` then reach them too.
+fn warn_shared_cgroup(st: &vessel_runtime::state::State) {
+    match container::foreign_processes(st) {
+        Ok(0) => {}
+        Ok(n) => warn(&format!(
+            "container's cgroup is not empty: {n} process(es) found (cgroup {}); they share \
+             its limits, and `kill --all` reaches them",
+            st.cgroups_path.display()
+        )),
+        Err(e) => debug(|| format!("count the processes in the new cgroup: {e}")),
+    }
+}
+
+/// --process FILE: a runtime-spec process object. As runc, "user" may be left out (uid and
+/// gid 0, root in the container's user namespace); everything else is checked by field.
+fn parse_process_file(path: &Path, raw: &[u8]) -> Result<oci_spec::runtime::Process> {
+    let name = path.display();
+    let mut v: serde_json::Value = {
+        let de = &mut serde_json::Deserializer::from_slice(raw);
+        serde_path_to_error::deserialize(de)
+            .map_err(|e| anyhow::anyhow!("--process {name}: {}: {}", e.path(), e.inner()))?
+    };
+    let Some(obj) = v.as_object_mut() else {
+        bail!("--process {name}: must be a JSON object (a runtime-spec process)");
+    };
+    obj.entry("user")
+        .or_insert_with(|| serde_json::json!({"uid": 0, "gid": 0}));
+    serde_path_to_error::deserialize::<_, oci_spec::runtime::Process>(v).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." {
+            String::new()
+        } else {
+            format!("process.{field}: ")
+        };
+        anyhow::anyhow!("--process {name}: {field}{}", e.inner())
+    })
+}
+
+/// runc's `exec --cgroup` arguments: one PATH alone (every hierarchy; the only form on
+/// cgroup v2), or any number of CONTROLLER[,CONTROLLER...]:PATH. As runc 1.2 (stricter than
+/// 1.1, which took an empty or repeated controller silently): a controller given twice, an
+/// empty one, or a bare PATH next to others is refused.
+fn parse_sub_cgroups(args: &[String]) -> Result<Vec<(Vec<String>, String)>> {
+    let mut out: Vec<(Vec<String>, String)> = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    for a in args {
+        match a.split_once(':') {
+            Some((ctrls, path)) => {
+                let mut list = Vec::new();
+                for c in ctrls.split(',') {
+                    if c.is_empty() {
+                        bail!("--cgroup {a:?}: empty controller name before \":\"");
+                    }
+                    if seen.iter().any(|s| s == c) {
+                        bail!("--cgroup {a:?}: controller {c:?} given more than once");
+                    }
+                    seen.push(c.to_string());
+                    list.push(c.to_string());
+                }
+                out.push((list, path.to_string()));
+            }
+            None => {
+                if args.len() != 1 {
+                    bail!(
+                        "--cgroup {a:?}: a path without a \"controller:\" prefix means every \
+                         hierarchy and cannot be combined with other --cgroup flags"
+                    );
+                }
+                out.push((Vec::new(), a.clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The runtime's own version, the runtime-spec version it implements and the libseccomp
+/// it runs with, in runc's `--version` line layout (which go-runc and podman parse).
+fn version_text() -> String {
+    let spec = vessel_runtime::features::features()["ociVersionMax"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_string();
+    format!(
+        "vessel-runtime version {}\nspec: {spec}\nlibseccomp: {}",
+        env!("CARGO_PKG_VERSION"),
+        libseccomp_version()
+    )
+}
+
+#[repr(C)]
+struct ScmpVersion {
+    major: libc::c_uint,
+    minor: libc::c_uint,
+    micro: libc::c_uint,
+}
+
+extern "C" {
+    // libseccomp's own version query; the library is linked in through vessel-seccomp.
+    fn seccomp_version() -> *const ScmpVersion;
+}
+
+fn libseccomp_version() -> String {
+    // SAFETY: seccomp_version() takes no arguments and returns a pointer to a static struct
+    // inside libseccomp (or NULL), never freed.
+    let v = unsafe { seccomp_version() };
+    // SAFETY: non-null, it points to libseccomp's static version struct.
+    match unsafe { v.as_ref() } {
+        Some(v) => format!("{}.{}.{}", v.major, v.minor, v.micro),
+        None => "unknown".into(),
+    }
+}
+
+/// The command line: clap's definitions above, dressed in runc's layout — `-v/--version`
+/// printing the version block, `help` with NAME / USAGE / VERSION / COMMANDS / GLOBAL
+/// OPTIONS sections, `help CMD` with NAME / USAGE / OPTIONS, the positional container id
+/// shown as <container-id> — and runc's exit codes for bad usage: 1, and 3 for an unknown
+/// command.
+fn cli_command() -> clap::Command {
+    let mut cmd = Cli::command().disable_version_flag(true).arg(
+        clap::Arg::new("version")
+            .short('v')
+            .short_alias('V')
+            .long("version")
+            .action(clap::ArgAction::Version)
+            .help("Print the version"),
+    );
+    cmd = cmd.version(env!("CARGO_PKG_VERSION"));
+    // The global options are listed once, in the top-level help, as runc's; clap would
+    // repeat them in every subcommand's OPTIONS.
+    let globals: Vec<clap::Id> = cmd
+        .get_arguments()
+        .filter(|a| a.is_global_set() && !a.is_hide_set())
+        .map(|a| a.get_id().clone())
+        .collect();
+    let mut rows: Vec<(String, String)> = cmd
+        .get_arguments()
+        .filter(|a| (a.is_global_set() || a.get_id() == "version") && !a.is_hide_set())
+        .map(option_row)
+        .collect();
+    rows.push(("--help, -h".into(), "Show help".into()));
+    let width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+    let global_text: String = rows
+        .iter()
+        .map(|(l, h)| format!("   {l:<width$}  {h}\n"))
+        .collect();
+    // mut_args, not mut_arg: that one moves the argument to the end, which would renumber
+    // positionals.
+    cmd = cmd.mut_args(|a| {
+        if globals.contains(a.get_id()) {
+            a.hide(true)
+        } else {
+            a
+        }
+    });
+    let about = cmd.get_about().map(|a| a.to_string()).unwrap_or_default();
+    let version = version_text();
+    let version = version
+        .strip_prefix("vessel-runtime version ")
+        .unwrap_or(&version);
+    cmd = cmd.help_template(format!(
+        "NAME:\n   vessel-runtime - {about}\n\nUSAGE:\n   vessel-runtime [global options] \
+         command [command options] [arguments...]\n\nVERSION:\n   {version}\n\n\
+         COMMANDS:\n{{subcommands}}\n\nGLOBAL OPTIONS:\n{global_text}"
+    ));
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for name in names {
+        cmd = cmd.mut_subcommand(name, |s| {
+            // The subcommands' help in runc's layout (NAME, USAGE, OPTIONS).
+            let template = format!(
+                "NAME:\n   vessel-runtime {} - {{about}}\n\nUSAGE:\n   {{usage}}\n\nOPTIONS:\n\
+                 {{options}}\n",
+                s.get_name()
+            );
+            s.help_template(template).mut_args(|a| {
+                if a.get_id() == "id" {
+                    a.value_name("container-id")
+                } else {
+                    a
+                }
+            })
+        });
+    }
+    cmd
+}
+
+/// One line of the GLOBAL OPTIONS list, as urfave/cli (runc) writes it: "--name value"
+/// and the help with its default.
+fn option_row(a: &clap::Arg) -> (String, String) {
+    let takes_value = !matches!(
+        a.get_action(),
+        clap::ArgAction::SetTrue | clap::ArgAction::SetFalse | clap::ArgAction::Version
+    );
+    let mut left = format!("--{}", a.get_long().unwrap_or(a.get_id().as_str()));
+    if takes_value {
+        left.push_str(" value");
+    }
+    if let Some(s) = a.get_short() {
+        left.push_str(&format!(", -{s}"));
+    }
+    let mut help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+    let defaults: Vec<String> = a
+        .get_default_values()
+        .iter()
+        .map(|d| d.to_string_lossy().into_owned())
+        .collect();
+    if takes_value && !defaults.is_empty() {
+        help.push_str(&format!(" (default: {:?})", defaults.join(",")));
+    }
+    (left, help)
+}
+
+/// Parse the command line, answering --help and --version and refusing bad usage with
+/// runc's exit codes.
+fn parse_cli() -> Cli {
+    use clap::error::ErrorKind;
+    let mut cmd = cli_command();
+    let matches = cmd.try_get_matches_from_mut(std::env::args_os());
+    let parsed = matches.and_then(|m| Cli::from_arg_matches(&m));
+    match parsed {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = match e.kind() {
+                ErrorKind::DisplayVersion => {
+                    println!("{}", version_text());
+                    std::process::exit(0);
+                }
+                ErrorKind::DisplayHelp | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
+                // urfave/cli (runc) answers an unknown command with 3.
+                ErrorKind::InvalidSubcommand => 3,
+                _ => 1,
+            };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_duration;
     use std::time::Duration;
+
+    #[test]
+    fn sub_cgroup_flags() {
+        let v = |a: &[&str]| {
+            super::parse_sub_cgroups(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(v(&["sub"]).unwrap(), [(vec![], "sub".to_string())]);
+        assert_eq!(
+            v(&["pids,memory:a", "cpu:b"]).unwrap(),
+            [
+                (
+                    vec!["pids".to_string(), "memory".to_string()],
+                    "a".to_string()
+                ),
+                (vec!["cpu".to_string()], "b".to_string())
+            ]
+        );
+        for (bad, why) in [
+            (&[":a"][..], "empty controller"),
+            (&["pids:a", "pids:b"], "more than once"),
+            (&["a", "pids:b"], "every hierarchy"),
+        ] {
+            let e = v(bad).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains("--cgroup"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn process_file_user_defaults_to_root() {
+        let p = std::path::Path::new("p.json");
+        let proc = super::parse_process_file(p, br#"{"args": ["true"], "cwd": "/"}"#).unwrap();
+        assert_eq!((proc.user().uid(), proc.user().gid()), (0, 0));
+        let e = super::parse_process_file(p, br#"{"args": "true", "cwd": "/"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("p.json") && e.contains("process.args"), "{e}");
+        let e = super::parse_process_file(p, b"[]").unwrap_err().to_string();
+        assert!(e.contains("JSON object"), "{e}");
+    }
 
     #[test]
     fn intervals() {
