@@ -395,7 +395,13 @@ mod tests {
             serde_json::json!({"bounding": ["CAP_CHOWN", "CAP_FLY"], "effective": ["CAP_FLY"]});
         let raw = serde_json::to_vec(&v).unwrap();
         let spec = parse_spec(&raw, "config.json").unwrap();
-        let caps = spec.process().as_ref().unwrap().capabilities().as_ref().unwrap();
+        let caps = spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .as_ref()
+            .unwrap();
         assert_eq!(caps.bounding().as_ref().unwrap().len(), 1);
         assert!(caps.effective().as_ref().unwrap().is_empty());
         // Anything else that is malformed still names its field.
