@@ -11,7 +11,7 @@ use oci_spec::runtime::{
     LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator,
 };
 
-use crate::program::{Instruction, Program};
+use crate::program::{Instruction, Program, MAX_INSNS};
 use crate::{io, Error, Result};
 
 pub(crate) const SECCOMP_FILTER_FLAG_TSYNC: u32 = 1;
@@ -78,6 +78,26 @@ pub fn filter_flags(spec: &LinuxSeccomp) -> u32 {
     flags
 }
 
+/// Whether the program hands back a notify listener: some action is SCMP_ACT_NOTIFY.
+pub(crate) fn needs_listener(spec: &LinuxSeccomp) -> bool {
+    spec.default_action() == LinuxSeccompAction::ScmpActNotify
+        || spec
+            .syscalls()
+            .iter()
+            .flatten()
+            .any(|r| r.action() == LinuxSeccompAction::ScmpActNotify)
+}
+
+/// The `seccomp(2)` flags of the program compiled from `spec`.
+pub(crate) fn program_flags(spec: &LinuxSeccomp) -> u32 {
+    let listener = if needs_listener(spec) {
+        SECCOMP_FILTER_FLAG_NEW_LISTENER
+    } else {
+        0
+    };
+    filter_flags(spec) | listener
+}
+
 /// A flag the kernel lacks would only fail at load time, inside the container's init, as a
 /// bare EINVAL; say which one at create time instead.
 fn check_kernel_flags(flags: u32) -> Result<()> {
@@ -99,7 +119,7 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Program> {
         spec.default_errno_ret(),
         "linux.seccomp.defaultAction",
     )?;
-    let mut needs_listener = default == ScmpAction::Notify;
+    let listener = needs_listener(spec);
     let mut ctx = ScmpFilterContext::new(default).map_err(lib("the default action"))?;
     // We load the program ourselves; these attributes only matter for libseccomp's own load.
     let _ = ctx.set_ctl_nnp(false);
@@ -121,9 +141,6 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Program> {
     for (i, rule) in spec.syscalls().iter().flatten().enumerate() {
         let field = format!("linux.seccomp.syscalls[{i}]");
         let act = action(rule.action(), rule.errno_ret(), &format!("{field}.action"))?;
-        if act == ScmpAction::Notify {
-            needs_listener = true;
-        }
         if act == default {
             // libseccomp refuses rules equal to the default action; they change nothing.
             continue;
@@ -178,21 +195,26 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Program> {
             }
         }
     }
-    if needs_listener && spec.listener_path().is_none() {
+    if listener && spec.listener_path().is_none() {
         return Err(Error::Profile(
             "linux.seccomp.listenerPath: required when an action is SCMP_ACT_NOTIFY".into(),
         ));
     }
-    let mut flags = filter_flags(spec);
-    check_kernel_flags(flags)?;
-    if needs_listener {
-        flags |= SECCOMP_FILTER_FLAG_NEW_LISTENER;
-    }
+    check_kernel_flags(filter_flags(spec))?;
+    let flags = program_flags(spec);
     let mut bpf = export(&ctx)?;
     if let Some(max_nr) = crate::enosys::max_known_syscall(spec) {
         bpf = crate::enosys::patch(bpf, max_nr);
     }
-    Ok(Program::new(bpf, flags, needs_listener))
+    // The kernel refuses it at load (EINVAL, in the container's init); say so at create.
+    if bpf.len() > MAX_INSNS {
+        return Err(Error::Profile(format!(
+            "linux.seccomp: the profile compiles to {} BPF instructions, more than the kernel's \
+             limit of {MAX_INSNS} (BPF_MAXINSNS); merge rules or drop argument conditions",
+            bpf.len()
+        )));
+    }
+    Ok(Program::new(bpf, flags, listener))
 }
 
 /// libseccomp 2.5 exports to a file descriptor only: use a memfd and read it back.
@@ -309,6 +331,26 @@ mod tests {
         // This kernel (6.x) has LOG; the program carries the flag.
         let p = compile(&s).expect("compiles");
         assert_ne!(p.flags() & SECCOMP_FILTER_FLAG_LOG, 0);
+    }
+
+    #[test]
+    fn a_program_longer_than_the_kernel_takes_is_refused() {
+        // Found while writing fuzz/fuzz_targets/seccomp_compile.rs (its property: a compiled
+        // program has at most BPF_MAXINSNS instructions): 250 rules of six conditions each
+        // compile to ~5500 instructions, which seccomp(2) refuses only at load.
+        let rules: Vec<_> = (0..250)
+            .map(|i| {
+                let args: Vec<_> = (0..6)
+                    .map(|a| serde_json::json!({"index": a, "value": i * 6 + a, "op": "SCMP_CMP_EQ"}))
+                    .collect();
+                serde_json::json!({"names": ["read"], "action": "SCMP_ACT_ALLOW", "args": args})
+            })
+            .collect();
+        let e = err(serde_json::json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": rules}));
+        assert!(
+            e.contains("linux.seccomp") && e.contains("BPF_MAXINSNS"),
+            "{e}"
+        );
     }
 
     #[test]
