@@ -3,6 +3,7 @@
 set -euo pipefail
 packages=(
   build-essential pkg-config libseccomp-dev   # build (libseccomp for the seccomp crate)
+  libzstd-dev                                 # scripts/fuzz.sh links it (shorter cold build)
   busybox-static                              # offline test images and bundles
   runc crun                                   # side-by-side runtimes (tests, bench)
   criu                                        # checkpoint/restore (vessel-runtime checkpoint/restore)

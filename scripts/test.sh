@@ -18,6 +18,10 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 
+# The parsers of untrusted input, a few seconds each under libFuzzer (its seed corpus holds
+# every crash found so far); `bash scripts/fuzz.sh` alone runs each for a minute.
+bash scripts/fuzz.sh 5
+
 # cgroup v2: the same suites inside a pure-v2 guest.
 bash scripts/test-v2.sh
 
