@@ -10,6 +10,22 @@ fn both(
     mutate: impl Fn(&mut serde_json::Value, &TestEnv),
     script: &str,
 ) -> (Outcome, Option<Outcome>) {
+    scenario(mutate, script, true)
+}
+
+/// [`both`] without the runc control, for scenarios where runc would change the host.
+fn ours_only(
+    mutate: impl Fn(&mut serde_json::Value, &TestEnv),
+    script: &str,
+) -> (Outcome, Option<Outcome>) {
+    scenario(mutate, script, false)
+}
+
+fn scenario(
+    mutate: impl Fn(&mut serde_json::Value, &TestEnv),
+    script: &str,
+    with_runc: bool,
+) -> (Outcome, Option<Outcome>) {
     let env = TestEnv::new();
     let cg = unique("cg");
     let mut cfg = busybox_config(&["sh", "-c", script], &cg);
@@ -18,7 +34,9 @@ fn both(
     env.write_config(&cfg);
     let ours = run_bundle_with(&env, RT, &unique("beh"));
     assert_gone(&env, "none", &cg);
-    let theirs = runc_path().map(|r| run_bundle_with(&env, r, &unique("runc")));
+    let theirs = runc_path()
+        .filter(|_| with_runc)
+        .map(|r| run_bundle_with(&env, r, &unique("runc")));
     remove_cgroup_tree(&cg);
     (ours, theirs)
 }
@@ -59,7 +77,7 @@ fn spec_lists_the_namespaces_runc_lists() {
 
 #[test]
 fn a_config_without_a_mount_namespace_runs_like_runc() {
-    let (ours, theirs) = both(
+    let (ours, theirs) = ours_only(
         |c, _| {
             c["mounts"] = json!([]);
             c["linux"]["maskedPaths"] = json!([]);
@@ -70,12 +88,9 @@ fn a_config_without_a_mount_namespace_runs_like_runc() {
         "echo chrooted; ls /bin/busybox",
     );
     assert_eq!(ours, (0, "chrooted\n/bin/busybox\n".into(), String::new()));
-    if let Some(t) = theirs {
-        // runc 1.1.5 takes the config but then needs a /proc the chroot does not have
-        // ("error closing exec fds: open /proc/self/fd"); vessel marks them close-on-exec
-        // without /proc. Noted, not compared.
-        eprintln!("runc (control) without a mount namespace: {t:?}");
-    }
+    // No runc control here: runc 1.1.5 takes the config, binds the rootfs onto itself in the
+    // *host's* mount namespace (left behind), then fails for want of /proc in the chroot.
+    assert!(theirs.is_none());
     // Masked paths would have to be mounted on the host's mount table: refused, as runc.
     let (ours, theirs) = both(
         |c, _| {
