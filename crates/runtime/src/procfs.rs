@@ -10,7 +10,7 @@
 //! the bind's source). The opened file is checked to be on procfs again before the write.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use crate::error::{Context, Error, Result};
@@ -134,42 +134,15 @@ pub fn fs_magic(fd: BorrowedFd) -> Result<i64> {
 }
 
 fn openat2_beneath(dir: BorrowedFd, rel: &str, flags: i32) -> io::Result<OwnedFd> {
-    let c = std::ffi::CString::new(rel)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    #[repr(C)]
-    struct OpenHow {
-        flags: u64,
-        mode: u64,
-        resolve: u64,
-    }
-    let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve: libc::RESOLVE_BENEATH
+    crate::sys::openat2(
+        dir,
+        Path::new(rel),
+        flags,
+        libc::RESOLVE_BENEATH
             | libc::RESOLVE_NO_XDEV
             | libc::RESOLVE_NO_MAGICLINKS
             | libc::RESOLVE_NO_SYMLINKS,
-    };
-    loop {
-        // SAFETY: valid pointers for the duration of the call.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dir.as_raw_fd(),
-                c.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: fresh descriptor.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EAGAIN) {
-            return Err(err);
-        }
-    }
+    )
 }
 
 #[cfg(test)]

@@ -66,6 +66,17 @@ pub unsafe fn clone3(flags: CloneFlags, extra: u64, cgroup: Option<RawFd>) -> io
 /// resolved as if `root` were `/` (`RESOLVE_IN_ROOT`), and never through /proc magic links.
 /// This is what keeps a hostile rootfs from redirecting a mount or a write to the host.
 pub fn open_in_root(root: BorrowedFd, path: &Path, flags: i32) -> io::Result<OwnedFd> {
+    openat2(
+        root,
+        path,
+        flags,
+        libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    )
+}
+
+/// `openat2(2)` of `path` below `dir` with `resolve` rules; always close-on-exec, retried
+/// when a concurrent rename raced the resolution (EAGAIN).
+pub fn openat2(dir: BorrowedFd, path: &Path, flags: i32, resolve: u64) -> io::Result<OwnedFd> {
     let cpath = cstr(path)?;
     // Our own struct: libc's open_how is non-exhaustive.
     #[repr(C)]
@@ -77,14 +88,14 @@ pub fn open_in_root(root: BorrowedFd, path: &Path, flags: i32) -> io::Result<Own
     let how = OpenHow {
         flags: (flags | libc::O_CLOEXEC) as u64,
         mode: 0,
-        resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+        resolve,
     };
     loop {
         // SAFETY: valid pointers for the duration of the call.
         let fd = unsafe {
             libc::syscall(
                 libc::SYS_openat2,
-                root.as_raw_fd(),
+                dir.as_raw_fd(),
                 cpath.as_ptr(),
                 &how as *const OpenHow,
                 std::mem::size_of::<OpenHow>(),
@@ -95,7 +106,6 @@ pub fn open_in_root(root: BorrowedFd, path: &Path, flags: i32) -> io::Result<Own
             return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
         }
         let err = io::Error::last_os_error();
-        // openat2 returns EAGAIN when a concurrent rename raced the resolution: retry.
         if err.raw_os_error() != Some(libc::EAGAIN) {
             return Err(err);
         }
