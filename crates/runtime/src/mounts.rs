@@ -956,8 +956,8 @@ fn mount_cgroup(
                 ("cgroup", Some(h.controllers.clone()))
             };
             // A fresh cgroup mount fails with EBUSY while another task (CRIU's cgroup
-            // handling, seen here) holds the hierarchy's superblock in transition: brief, so
-            // retry for up to half a second before giving up.
+            // handling, seen here: as long as a dump or restore) holds the hierarchy's
+            // superblock in transition, so retry for up to 3 s before giving up.
             let mut tries = 0;
             loop {
                 match mount(
@@ -967,7 +967,7 @@ fn mount_cgroup(
                     flags,
                     data.as_deref(),
                 ) {
-                    Err(Errno::EBUSY) if tries < 50 => {
+                    Err(Errno::EBUSY) if tries < 300 => {
                         tries += 1;
                         std::thread::sleep(std::time::Duration::from_millis(10));
                     }
