@@ -956,10 +956,12 @@ fn mount_cgroup(
                 ("cgroup", Some(h.controllers.clone()))
             };
             // A fresh cgroup mount fails with EBUSY while another task (CRIU's cgroup
-            // handling, seen here: as long as a dump or restore) holds the hierarchy's
-            // superblock in transition, so retry for up to 3 s before giving up.
+            // handling, seen here, for as long as a dump or restore) rebinds controllers:
+            // retry briefly. On a hybrid host the unified hierarchy is extra (runc never
+            // mounts it): if it stays busy, its directory is left empty rather than failing
+            // the container; a v1 hierarchy must be mounted.
             let mut tries = 0;
-            loop {
+            let mounted = loop {
                 match mount(
                     Some("cgroup"),
                     tp.as_str(),
@@ -967,14 +969,17 @@ fn mount_cgroup(
                     flags,
                     data.as_deref(),
                 ) {
-                    Err(Errno::EBUSY) if tries < 300 => {
+                    Err(Errno::EBUSY) if tries < 50 => {
                         tries += 1;
                         std::thread::sleep(std::time::Duration::from_millis(10));
                     }
                     r => break r,
                 }
+            };
+            if h.version == 2 && mounted == Err(Errno::EBUSY) {
+                continue;
             }
-            .ctx(|| format!("mount cgroup {name} on {}", sub.display()))?;
+            mounted.ctx(|| format!("mount cgroup {name} on {}", sub.display()))?;
         } else {
             let within = own.get(&key).map(String::as_str).unwrap_or("/");
             let src = join_cgroup(&h.mount_point, within);
