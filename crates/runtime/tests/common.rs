@@ -227,3 +227,26 @@ pub fn run_bundle_with(env: &TestEnv, runtime: &str, id: &str) -> Outcome {
         .output();
     (o.status.code().unwrap_or(-1), stdout(&o), stderr(&o))
 }
+
+/// A busybox bundle running `sh -c script` (ociVersion 1.0.2, which runc 1.1 and crun 1.8
+/// take), changed by `mutate`, run with vessel-runtime and — with `with_runc`, when runc is
+/// installed — with runc on the same bundle; the container's cgroup checked gone after ours.
+pub fn side_by_side(
+    mutate: impl Fn(&mut serde_json::Value, &TestEnv),
+    script: &str,
+    with_runc: bool,
+) -> (Outcome, Option<Outcome>) {
+    let env = TestEnv::new();
+    let cg = unique("cg");
+    let mut cfg = busybox_config(&["sh", "-c", script], &cg);
+    cfg["ociVersion"] = serde_json::json!("1.0.2");
+    mutate(&mut cfg, &env);
+    env.write_config(&cfg);
+    let ours = run_bundle_with(&env, RT, &unique("side"));
+    assert_gone(&env, "none", &cg);
+    let theirs = runc_path()
+        .filter(|_| with_runc)
+        .map(|r| run_bundle_with(&env, r, &unique("runc")));
+    remove_cgroup_tree(&cg);
+    (ours, theirs)
+}

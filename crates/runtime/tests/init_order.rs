@@ -13,17 +13,7 @@ fn both(
     mutate: impl Fn(&mut serde_json::Value, &TestEnv),
     script: &str,
 ) -> (Outcome, Option<Outcome>) {
-    let env = TestEnv::new();
-    let cg = unique("cg");
-    let mut cfg = busybox_config(&["sh", "-c", script], &cg);
-    cfg["ociVersion"] = json!("1.0.2");
-    mutate(&mut cfg, &env);
-    env.write_config(&cfg);
-    let ours = run_bundle_with(&env, RT, &unique("order"));
-    assert_gone(&env, "none", &cg);
-    let theirs = runc_path().map(|r| run_bundle_with(&env, r, &unique("runc")));
-    remove_cgroup_tree(&cg);
-    (ours, theirs)
+    side_by_side(mutate, script, true)
 }
 
 #[test]

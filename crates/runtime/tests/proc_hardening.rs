@@ -7,27 +7,12 @@ mod common;
 use common::*;
 use serde_json::json;
 
-fn config(script: &str, cg: &str) -> serde_json::Value {
-    let mut cfg = busybox_config(&["sh", "-c", script], cg);
-    cfg["ociVersion"] = json!("1.0.2");
-    cfg
-}
-
 /// Runs the scenario with both runtimes; returns vessel's and (when installed) runc's result.
 fn both(
     mutate: impl Fn(&mut serde_json::Value, &TestEnv),
     script: &str,
 ) -> (Outcome, Option<Outcome>) {
-    let env = TestEnv::new();
-    let cg = unique("cg");
-    let mut cfg = config(script, &cg);
-    mutate(&mut cfg, &env);
-    env.write_config(&cfg);
-    let ours = run_bundle_with(&env, RT, &unique("proc"));
-    assert_gone(&env, "none", &cg);
-    let theirs = runc_path().map(|r| run_bundle_with(&env, r, &unique("runc")));
-    remove_cgroup_tree(&cg);
-    (ours, theirs)
+    side_by_side(mutate, script, true)
 }
 
 fn mounts_with(cfg: &mut serde_json::Value, extra: serde_json::Value) {

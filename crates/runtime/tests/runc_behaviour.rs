@@ -10,7 +10,7 @@ fn both(
     mutate: impl Fn(&mut serde_json::Value, &TestEnv),
     script: &str,
 ) -> (Outcome, Option<Outcome>) {
-    scenario(mutate, script, true)
+    side_by_side(mutate, script, true)
 }
 
 /// [`both`] without the runc control, for scenarios where runc would change the host.
@@ -18,27 +18,7 @@ fn ours_only(
     mutate: impl Fn(&mut serde_json::Value, &TestEnv),
     script: &str,
 ) -> (Outcome, Option<Outcome>) {
-    scenario(mutate, script, false)
-}
-
-fn scenario(
-    mutate: impl Fn(&mut serde_json::Value, &TestEnv),
-    script: &str,
-    with_runc: bool,
-) -> (Outcome, Option<Outcome>) {
-    let env = TestEnv::new();
-    let cg = unique("cg");
-    let mut cfg = busybox_config(&["sh", "-c", script], &cg);
-    cfg["ociVersion"] = json!("1.0.2");
-    mutate(&mut cfg, &env);
-    env.write_config(&cfg);
-    let ours = run_bundle_with(&env, RT, &unique("beh"));
-    assert_gone(&env, "none", &cg);
-    let theirs = runc_path()
-        .filter(|_| with_runc)
-        .map(|r| run_bundle_with(&env, r, &unique("runc")));
-    remove_cgroup_tree(&cg);
-    (ours, theirs)
+    side_by_side(mutate, script, false)
 }
 
 fn same_as_runc(ours: &Outcome, theirs: &Option<Outcome>) {
