@@ -7,7 +7,10 @@ wait, delete), the same bundle for every runtime. Per run we record wall time, C
 are measured in alternating blocks in one process so they share the machine's state; the
 report prints medians and ratios against crun. Timings are printed, never asserted.
 
-Usage: bench/runtime.py [--runs 50] [--batch 100] [--vessel PATH]
+Usage: bench/runtime.py [--runs 50] [--batch 100] [--vessel PATH] [--also NAME=PATH ...]
+
+--also adds another runtime binary to the same run (e.g. a build of an earlier commit), so a
+change is measured against its baseline on the same machine state.
 """
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
 
@@ -62,9 +65,15 @@ def main():
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--vessel", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "vessel-runtime"))
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=PATH")
     args = ap.parse_args()
     vessel = os.path.abspath(args.vessel)
     runtimes = {"vessel-runtime": vessel}
+    for extra in args.also:
+        name, _, path = extra.partition("=")
+        if not path:
+            sys.exit(f"--also {extra}: expected NAME=PATH")
+        runtimes[name] = os.path.abspath(path)
     for name in ("crun", "runc"):
         p = shutil.which(name)
         if p:

@@ -4,8 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-cargo build --release --locked -p vessel-runtime
-RT="$PWD/target/release/vessel-runtime"
+RT=$(bash scripts/build-release.sh)
 
 work=$(mktemp -d /tmp/vessel-quickstart.XXXXXX)
 trap 'rm -rf "$work"' EXIT

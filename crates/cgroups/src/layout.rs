@@ -141,6 +141,35 @@ impl Mounts {
     }
 }
 
+/// A cgroup hierarchy the host mounts: what a container's /sys/fs/cgroup is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostHierarchy {
+    pub mount: PathBuf,
+    /// v1: the controllers as the superblock options list them ("cpu,cpuacct",
+    /// "name=systemd"); `None` for the unified (cgroup2) hierarchy.
+    pub controllers: Option<String>,
+}
+
+/// The host's hierarchies, from the same once-per-process detection the manager uses — so a
+/// process forked after `CgroupManager::new` (the container's init) reads no mountinfo.
+pub fn host_hierarchies() -> Result<Vec<HostHierarchy>> {
+    let m = Mounts::get()?;
+    let mut out: Vec<HostHierarchy> =
+        m.v1.iter()
+            .map(|h| HostHierarchy {
+                mount: h.mount.clone(),
+                controllers: Some(h.key.clone()),
+            })
+            .collect();
+    if let Some(u) = &m.unified {
+        out.push(HostHierarchy {
+            mount: u.clone(),
+            controllers: None,
+        });
+    }
+    Ok(out)
+}
+
 fn is_cgroup2(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {

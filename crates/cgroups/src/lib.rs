@@ -19,7 +19,7 @@ mod stats;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-pub use layout::Layout;
+pub use layout::{host_hierarchies, HostHierarchy, Layout};
 pub use oom::OomWatch;
 pub use stats::Stats;
 

@@ -48,8 +48,6 @@ pub struct Created {
 /// Undo list for a create that fails part way. (A create that is killed cannot run it: the
 /// state dir's `creating` record tells `delete` what to undo instead.)
 struct Undo {
-    /// The durable writes still running (see [`Saving`]); finished before anything is undone.
-    saving: Option<Saving>,
     pid: Option<i32>,
     cgroup: Option<CgroupManager>,
     rdt: Option<PathBuf>,
@@ -59,9 +57,6 @@ struct Undo {
 
 impl Drop for Undo {
     fn drop(&mut self) {
-        if let Some(saving) = self.saving.take() {
-            let _ = saving.wait();
-        }
         if let Some(pid) = self.pid.take() {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             let _ = waitpid(Pid::from_raw(pid), None);
@@ -210,7 +205,6 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     let mut steps = crate::fault::steps("create");
     let dir = StateDir::create(&opts.root, &opts.id, &cg_path, as_root, own_rdt.as_deref())?;
     let mut undo = Undo {
-        saving: None,
         pid: None,
         cgroup: as_root.then(|| cgroup.clone()),
         rdt: None,
@@ -365,7 +359,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     parent_end.send(&Msg::Continue)?;
     steps.done("init in its cgroup");
 
-    // Written durably while the child sets itself up, so the syncs overlap with its work.
+    // Written while the child sets itself up.
     // (Until the `creating` record is removed the container does not exist for others.)
     let spec_hooks = spec.hooks().as_ref();
     let mut state = State {
@@ -388,7 +382,11 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
         intel_rdt: own_rdt,
     };
     undo.pid_file = opts.pid_file.clone();
-    undo.saving = Some(Saving::start(dir, &state, &raw, opts.pid_file.as_deref())?);
+    dir.save_with_config(&state, &raw)?;
+    if let Some(path) = &opts.pid_file {
+        write_pid_file(path, pid)?;
+    }
+    steps.done("state saved");
 
     let annotations = state.annotations.clone();
     let hook_state = |status, pid| HookState {
@@ -439,9 +437,6 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
                 state.pid = p;
                 state.pid_start = sys::process_start_time(p).unwrap_or(0);
                 dir.record_pid(p, state.pid_start)?;
-                if let Some(saving) = undo.saving.take() {
-                    saving.wait()?;
-                }
                 dir.save_with_config(&state, &raw)?;
                 if let Some(path) = &opts.pid_file {
                     write_pid_file(path, p)?;
@@ -464,10 +459,6 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     }
 
     steps.done("init ready");
-    if let Some(saving) = undo.saving.take() {
-        saving.wait()?;
-    }
-    steps.done("state saved");
     dir.finish_create()?;
     undo.pid = None;
     undo.cgroup = None;
@@ -483,53 +474,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
     })
 }
 
-/// state.json, the config copy and the pid file, written durably on a thread of their own
-/// while the init sets itself up: their fsyncs (about a millisecond each on ext4) take longer
-/// than its setup, and nothing reads them before `create` returns, which waits for them
-/// (a failure fails the create). The thread is started after the clone, so the process the
-/// init is forked from is still single-threaded.
-struct Saving(std::thread::JoinHandle<Result<()>>);
-
-impl Saving {
-    fn start(
-        dir: &StateDir,
-        state: &State,
-        config: &[u8],
-        pid_file: Option<&Path>,
-    ) -> Result<Saving> {
-        let data = serde_json::to_vec(state).map_err(|e| Error::config(e.to_string()))?;
-        let config = config.to_vec();
-        let dir = dir.dir.clone();
-        let pid = state.pid;
-        let pid_file = pid_file.map(Path::to_path_buf);
-        std::thread::Builder::new()
-            .name("state-sync".into())
-            .spawn(move || {
-                crate::state::write_atomic(
-                    &dir,
-                    &[
-                        (crate::state::CONFIG_FILE.as_ref(), &config),
-                        (crate::state::STATE_FILE.as_ref(), &data),
-                    ],
-                    0o600,
-                )?;
-                if let Some(p) = pid_file {
-                    write_pid_file(&p, pid)?;
-                }
-                Ok(())
-            })
-            .map(Saving)
-            .ctx(|| "start the thread that writes the state")
-    }
-
-    fn wait(self) -> Result<()> {
-        self.0
-            .join()
-            .unwrap_or_else(|_| Err(Error::Child("the state writer panicked".into())))
-    }
-}
-
-/// Written atomically (callers such as conmon and containerd poll for it) and durably.
+/// Written atomically (callers such as conmon and containerd poll for it).
 pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     let name = path
         .file_name()

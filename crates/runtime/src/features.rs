@@ -2,6 +2,9 @@
 
 use serde_json::{json, Value};
 
+/// The newest runtime-spec version this runtime implements (`--version` prints it too).
+pub const OCI_VERSION_MAX: &str = "1.2.0";
+
 pub fn features() -> Value {
     let caps: Vec<String> = caps::runtime::procfs_all_supported(None)
         .unwrap_or_else(|_| caps::all())
@@ -13,7 +16,7 @@ pub fn features() -> Value {
     let seccomp = serde_json::to_value(vessel_seccomp::features()).unwrap_or(Value::Null);
     json!({
         "ociVersionMin": "1.0.0",
-        "ociVersionMax": "1.2.0",
+        "ociVersionMax": OCI_VERSION_MAX,
         "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
         "mountOptions": [
             "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "idmap", "loud",

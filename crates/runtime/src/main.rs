@@ -362,7 +362,34 @@ fn warn(msg: &str) {
     }
 }
 
+/// Commands that place a process into a container, and so must run from a protected copy
+/// of the runtime (see `self_exe`).
+const ENTERS_CONTAINER: [&str; 3] = ["create", "run", "exec"];
+
+/// The command word of the command line, found without clap so that the re-exec of
+/// `self_exe` comes before anything else: the first image then does not build and run the
+/// parser (a third of a millisecond) only for the second to do it again.
+fn command_word(args: &[std::ffi::OsString]) -> Option<&str> {
+    const TAKES_VALUE: [&str; 5] = ["--root", "--log", "--log-format", "--criu", "--rootless"];
+    let mut args = args.iter().skip(1);
+    while let Some(arg) = args.next() {
+        let arg = arg.to_str()?;
+        if TAKES_VALUE.contains(&arg) {
+            args.next();
+        } else if !arg.starts_with('-') {
+            return Some(arg);
+        }
+    }
+    None
+}
+
 fn main() {
+    // A failure here is reported below, once the command line says where errors go.
+    if command_word(&std::env::args_os().collect::<Vec<_>>())
+        .is_some_and(|w| ENTERS_CONTAINER.contains(&w))
+    {
+        let _ = vessel_runtime::self_exe::ensure_protected();
+    }
     let cli = parse_cli();
     let logger = LOGGER.get_or_init(|| Logger {
         file: cli.log.clone(),
@@ -382,7 +409,8 @@ fn main() {
     };
     // Commands that place a process into a container first re-execute the runtime from a
     // handle the container cannot write (CVE-2019-5736; see self_exe). Nothing has been
-    // opened or read yet, so the new image starts from the very same point.
+    // opened or read yet, so the new image starts from the very same point. Normally done
+    // above already, before parsing; this catches a command line `command_word` misread.
     if matches!(
         cli.command,
         Command::Create(_) | Command::Run { .. } | Command::Exec { .. }
@@ -1146,13 +1174,10 @@ fn parse_sub_cgroups(args: &[String]) -> Result<Vec<(Vec<String>, String)>> {
 /// The runtime's own version, the runtime-spec version it implements and the libseccomp
 /// it runs with, in runc's `--version` line layout (which go-runc and podman parse).
 fn version_text() -> String {
-    let spec = vessel_runtime::features::features()["ociVersionMax"]
-        .as_str()
-        .unwrap_or("unknown")
-        .to_string();
     format!(
-        "vessel-runtime version {}\nspec: {spec}\nlibseccomp: {}",
+        "vessel-runtime version {}\nspec: {}\nlibseccomp: {}",
         env!("CARGO_PKG_VERSION"),
+        vessel_runtime::features::OCI_VERSION_MAX,
         libseccomp_version()
     )
 }

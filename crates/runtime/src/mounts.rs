@@ -346,8 +346,13 @@ pub fn prepare(ctx: &RootfsContext) -> Result<PreparedRoot> {
         .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
     mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>)
         .ctx(|| "set the propagation of / in the container's mount namespace")?;
-    // The parent of the rootfs must not be shared, or pivot_root fails (EINVAL).
-    make_parent_private(ctx.rootfs)?;
+    // The parent of the rootfs must not be shared, or pivot_root fails (EINVAL). A
+    // recursive slave or private / left no mount shared: nothing to look up then.
+    let none_shared = propagation.contains(MsFlags::MS_REC)
+        && propagation.intersects(MsFlags::MS_SLAVE | MsFlags::MS_PRIVATE);
+    if !none_shared {
+        make_parent_private(ctx.rootfs)?;
+    }
     mount(
         Some(ctx.rootfs),
         ctx.rootfs,
@@ -1047,58 +1052,17 @@ impl Hierarchy {
     }
 }
 
+/// The host's hierarchies as the cgroup manager detected them before the clone (no
+/// mountinfo read here, on the init's hot path).
 fn host_cgroup_hierarchies() -> Result<Vec<Hierarchy>> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "read mountinfo")?;
-    let mut out = Vec::new();
-    for line in mountinfo.lines() {
-        let (pre, post) = match line.split_once(" - ") {
-            Some(x) => x,
-            None => continue,
-        };
-        let mount_point = match pre.split(' ').nth(4) {
-            Some(m) => PathBuf::from(m),
-            None => continue,
-        };
-        let mut post = post.split(' ');
-        let fstype = post.next().unwrap_or("");
-        let super_opts = post.nth(1).unwrap_or("");
-        match fstype {
-            "cgroup2" => out.push(Hierarchy {
-                version: 2,
-                mount_point,
-                controllers: String::new(),
-            }),
-            "cgroup" => {
-                let controllers = super_opts
-                    .split(',')
-                    .filter(|o| {
-                        !matches!(
-                            *o,
-                            "rw" | "ro"
-                                | "relatime"
-                                | "nosuid"
-                                | "nodev"
-                                | "noexec"
-                                | "clone_children"
-                        ) && !o.starts_with("release_agent")
-                    })
-                    .collect::<Vec<_>>()
-                    .join(",");
-                if !out
-                    .iter()
-                    .any(|h: &Hierarchy| h.controllers == controllers && h.version == 1)
-                {
-                    out.push(Hierarchy {
-                        version: 1,
-                        mount_point,
-                        controllers,
-                    });
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(out)
+    Ok(vessel_cgroups::host_hierarchies()?
+        .into_iter()
+        .map(|h| Hierarchy {
+            version: if h.controllers.is_some() { 1 } else { 2 },
+            mount_point: h.mount,
+            controllers: h.controllers.unwrap_or_default(),
+        })
+        .collect())
 }
 
 /// /proc/self/cgroup as a map from the controller list ("" for v2) to the path.

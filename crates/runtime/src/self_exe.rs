@@ -34,6 +34,9 @@ const SEALS: libc::c_int =
 /// only when it already does; on success of the re-exec it never returns. Call it first
 /// thing, before any descriptor is opened or any input read.
 pub fn ensure_protected() -> io::Result<()> {
+    if PROTECTED.get() == Some(&true) {
+        return Ok(());
+    }
     let exe = open_self_exe()?;
     if is_protected(exe.as_fd())? {
         let _ = PROTECTED.set(true);
