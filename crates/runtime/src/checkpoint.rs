@@ -201,7 +201,7 @@ pub fn checkpoint(opts: &CheckpointOptions) -> Result<()> {
 
     let mountinfo = fs::read_to_string(format!("/proc/{pid}/mountinfo"))
         .ctx(|| format!("read /proc/{pid}/mountinfo"))?;
-    let mounts = parse_mountinfo(&mountinfo);
+    let mounts = crate::mountinfo::parse(&mountinfo);
     let mut req = CriuOpts {
         images_dir_fd: images.as_raw_fd(),
         work_dir_fd: work.as_ref().map(|w| w.as_raw_fd()),
@@ -216,7 +216,7 @@ pub fn checkpoint(opts: &CheckpointOptions) -> Result<()> {
 
     // Mounts from the host: the image keeps each one's mount point as its key.
     for m in spec.mounts().iter().flatten() {
-        if crate::mounts::is_bind(m) {
+        if crate::mount_options::is_bind(m) {
             let key = clean(m.destination());
             req.ext_mnt.push((key.clone(), key));
         }
@@ -348,7 +348,7 @@ fn device_paths(spec: &Spec) -> Vec<String> {
 /// pure v2 host), from the init's /proc/PID/cgroup.
 fn freezer_dir(pid: i32) -> Option<String> {
     let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let host = parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo").ok()?);
+    let host = crate::mountinfo::parse(&fs::read_to_string("/proc/self/mountinfo").ok()?);
     let lines = parse_proc_cgroup(&cgroups);
     if let Some((_, path)) = lines
         .iter()
@@ -505,7 +505,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
         inherit_fd(key, ours, &mut req);
     }
     for m in spec.mounts().iter().flatten() {
-        if crate::mounts::is_bind(m) {
+        if crate::mount_options::is_bind(m) {
             let src = m.source().clone().unwrap_or_default();
             let src = if src.is_relative() {
                 bundle_dir.join(src)
@@ -602,7 +602,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored> {
     if !sidecar.cgroup_mounts.is_empty() {
         let host =
             fs::read_to_string("/proc/self/mountinfo").ctx(|| "read /proc/self/mountinfo")?;
-        let host = parse_mountinfo(&host);
+        let host = crate::mountinfo::parse(&host);
         for cm in &sidecar.cgroup_mounts {
             let src = cgroup_mount_source(cm, &host, &criu_cgroups).ok_or_else(|| {
                 Error::Criu(format!(
@@ -732,7 +732,7 @@ fn create_mountpoints(rootfs: &Path, spec: &Spec) -> Result<()> {
         {
             continue;
         }
-        let is_file = crate::mounts::is_bind(m)
+        let is_file = crate::mount_options::is_bind(m)
             && m.source()
                 .as_ref()
                 .and_then(|s| fs::metadata(s).ok())
@@ -750,7 +750,7 @@ fn create_mountpoints(rootfs: &Path, spec: &Spec) -> Result<()> {
 /// hierarchy with the same superblock options, at the cgroup CRIU was put in.
 fn cgroup_mount_source(
     cm: &CgroupMount,
-    host: &[MountEntry],
+    host: &[crate::mountinfo::MountEntry],
     criu_cgroups: &[(String, String)],
 ) -> Option<PathBuf> {
     let m = host
@@ -1295,56 +1295,6 @@ fn clean(p: &Path) -> String {
     out.to_string_lossy().into_owned()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct MountEntry {
-    id: u64,
-    root: String,
-    mount_point: String,
-    fstype: String,
-    super_options: String,
-}
-
-/// /proc/PID/mountinfo, the fields this module needs.
-fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let l: Vec<&str> = left.split(' ').collect();
-            let r: Vec<&str> = right.split(' ').collect();
-            Some(MountEntry {
-                id: l.first()?.parse().ok()?,
-                root: unescape(l.get(3)?),
-                mount_point: unescape(l.get(4)?),
-                fstype: r.first()?.to_string(),
-                super_options: r.get(2).copied().unwrap_or("").to_string(),
-            })
-        })
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let oct = b
-            .get(i + 1..i + 4)
-            .filter(|o| o.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match oct {
-            Some(o) if b[i] == b'\\' => {
-                out.push(o.iter().fold(0u8, |v, c| v.wrapping_mul(8) + (c - b'0')));
-                i += 4;
-            }
-            _ => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn has_option(options: &str, name: &str) -> bool {
     options.split(',').any(|o| o == name)
 }
@@ -1363,7 +1313,7 @@ fn parse_proc_cgroup(text: &str) -> Vec<(String, String)> {
 }
 
 /// The host directory of cgroup `path` in the hierarchy mounted by `m`.
-fn host_cgroup_dir(m: &MountEntry, path: &str) -> PathBuf {
+fn host_cgroup_dir(m: &crate::mountinfo::MountEntry, path: &str) -> PathBuf {
     let below = Path::new(path)
         .strip_prefix(&m.root)
         .unwrap_or_else(|_| Path::new(path).strip_prefix("/").unwrap_or(Path::new(path)));
@@ -1595,13 +1545,13 @@ mod tests {
         let text = "36 35 98:0 /mnt1 /mnt/my\\040dir rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n\
                     40 30 0:33 /vt-1 /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct\n\
                     41 30 0:34 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw,nsdelegate\n";
-        let m = parse_mountinfo(text);
+        let m = crate::mountinfo::parse(text);
         assert_eq!(m.len(), 3);
         assert_eq!(m[0].mount_point, "/mnt/my dir");
         assert_eq!(m[0].root, "/mnt1");
         assert_eq!(m[1].fstype, "cgroup");
         assert_eq!(m[1].super_options, "rw,cpu,cpuacct");
-        let host = parse_mountinfo(
+        let host = crate::mountinfo::parse(
             "50 1 0:33 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
              51 1 0:34 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw,nsdelegate\n",
         );

@@ -12,7 +12,6 @@ use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, Process};
 
 use crate::channel::{self, Msg};
-use crate::console;
 use crate::create::{seccomp_cache, write_pid_file};
 use crate::error::{Context, Error, Result};
 use crate::init;
@@ -270,21 +269,7 @@ fn exec_child(
     console_fd: Option<i32>,
     preserve_fds: u32,
 ) -> Result<std::convert::Infallible> {
-    channel.expect(&Msg::Continue, "wait for the runtime")?;
-    if process.terminal().unwrap_or(false) {
-        nix::unistd::setsid().ctx(|| "setsid")?;
-        let socket = console_fd
-            .ok_or_else(|| Error::Usage("process.terminal needs --console-socket".into()))?;
-        let (master, slave) = console::open_pty(process.console_size().as_ref())?;
-        console::send_master(socket, &master)?;
-        drop(master);
-        console::become_tty(&slave)?;
-    }
-    if let Some(fd) = console_fd {
-        let _ = nix::unistd::close(fd);
-    }
-    let envp = init::setup_process(channel, process, prepared, spec, preserve_fds, true)?;
-    init::finish_and_exec(process, prepared, &envp)
+    init::exec_child(channel, process, prepared, spec, console_fd, preserve_fds)
 }
 
 /// Build the process for `exec ID ARGS...` from the container's own process (env, user,

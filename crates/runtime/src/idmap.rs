@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxIdMapping, Spec};
 
 use crate::error::{Context, Error, Result};
-use crate::mounts::{is_bind, IdmapDepth, MountOptions};
+use crate::mount_options::{is_bind, IdmapDepth, MountOptions};
 use crate::namespaces::id_map_text;
 use crate::sys::{self, Forked, MOUNT_ATTR_IDMAP};
 

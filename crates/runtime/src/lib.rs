@@ -18,6 +18,8 @@ pub mod hooks;
 pub mod idmap;
 pub mod init;
 pub mod lsm;
+pub mod mount_options;
+pub mod mountinfo;
 pub mod mounts;
 pub mod namespaces;
 pub mod process;

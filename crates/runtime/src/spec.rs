@@ -237,7 +237,7 @@ pub fn validate(spec: &Spec) -> Result<()> {
             validate_sysctl(key, &seen)?;
         }
         if let Some(p) = linux.rootfs_propagation() {
-            if !p.is_empty() && crate::mounts::propagation_flag(p).is_none() {
+            if !p.is_empty() && crate::mount_options::propagation_flag(p).is_none() {
                 return Err(Error::config(format!(
                     "config.json: linux.rootfsPropagation: unknown mode {p:?}"
                 )));
@@ -259,7 +259,7 @@ pub fn validate(spec: &Spec) -> Result<()> {
                 m.destination().display()
             )));
         }
-        crate::mounts::MountOptions::parse(m.options().as_deref().unwrap_or(&[]))
+        crate::mount_options::MountOptions::parse(m.options().as_deref().unwrap_or(&[]))
             .map_err(|e| Error::config(format!("config.json: mounts[{i}].options: {e}")))?;
     }
     Ok(())
