@@ -8,6 +8,7 @@ packages=(
   runc crun                                   # side-by-side runtimes (tests, bench)
   criu                                        # checkpoint/restore (vessel-runtime checkpoint/restore)
   podman conmon uidmap containernetworking-plugins catatonit  # podman drives vessel-runtime
+  tini                                        # side-by-side control for vessel-init (tests)
   containerd                                  # ctr drives vessel-runtime
   skopeo docker-registry                      # registry interop
   nftables iproute2 procps psmisc jq hyperfine time
