@@ -324,11 +324,16 @@ pub fn process_from_args(root: &Path, id: &str, a: &ExecArgs) -> Result<Process>
     }
     if !a.caps.is_empty() {
         let mut caps = p.capabilities().clone().unwrap_or_default();
+        let mut unknown = Vec::new();
         for c in a.caps {
             let name = c.trim_start_matches("CAP_").to_ascii_uppercase();
-            let cap: oci_spec::runtime::Capability =
-                serde_json::from_value(serde_json::Value::String(format!("CAP_{name}")))
-                    .map_err(|_| Error::Usage(format!("--cap {c:?}: unknown capability")))?;
+            let Ok(cap) = serde_json::from_value::<oci_spec::runtime::Capability>(
+                serde_json::Value::String(format!("CAP_{name}")),
+            ) else {
+                // As runc: ignored with a warning, like unknown names in config.json.
+                unknown.push(c.clone());
+                continue;
+            };
             let add = |s: &Option<oci_spec::runtime::Capabilities>| {
                 let mut s = s.clone().unwrap_or_default();
                 s.insert(cap);
@@ -343,6 +348,7 @@ pub fn process_from_args(root: &Path, id: &str, a: &ExecArgs) -> Result<Process>
             caps.set_effective(e);
             caps.set_permitted(pm);
         }
+        crate::spec::warn_unknown_caps(unknown);
         p.set_capabilities(Some(caps));
     }
     if a.no_new_privs {

@@ -1110,7 +1110,8 @@ fn warn_shared_cgroup(st: &vessel_runtime::state::State) {
 }
 
 /// --process FILE: a runtime-spec process object. As runc, "user" may be left out (uid and
-/// gid 0, root in the container's user namespace); everything else is checked by field.
+/// gid 0, root in the container's user namespace) and unknown capability names are ignored
+/// with a warning; everything else is checked by field.
 fn parse_process_file(path: &Path, raw: &[u8]) -> Result<oci_spec::runtime::Process> {
     let name = path.display();
     let mut v: serde_json::Value = {
@@ -1123,6 +1124,9 @@ fn parse_process_file(path: &Path, raw: &[u8]) -> Result<oci_spec::runtime::Proc
     };
     obj.entry("user")
         .or_insert_with(|| serde_json::json!({"uid": 0, "gid": 0}));
+    if let Some(caps) = obj.get_mut("capabilities") {
+        vessel_runtime::spec::drop_unknown_caps(caps);
+    }
     serde_path_to_error::deserialize::<_, oci_spec::runtime::Process>(v).map_err(|e| {
         let field = e.path().to_string();
         let field = if field == "." {
@@ -1375,6 +1379,16 @@ mod tests {
         assert!(e.contains("p.json") && e.contains("process.args"), "{e}");
         let e = super::parse_process_file(p, b"[]").unwrap_err().to_string();
         assert!(e.contains("JSON object"), "{e}");
+        let proc = super::parse_process_file(
+            p,
+            br#"{"args": ["true"], "cwd": "/", "capabilities": {"bounding": ["CAP_CHOWN", "CAP_NOT_A_CAP"]}}"#,
+        )
+        .unwrap();
+        let bounding = proc
+            .capabilities()
+            .as_ref()
+            .and_then(|c| c.bounding().clone());
+        assert_eq!(bounding.map(|b| b.len()), Some(1));
     }
 
     #[test]

@@ -43,10 +43,20 @@ pub fn parse_spec(raw: &[u8], origin: &str) -> Result<Spec> {
 /// set, warn about them on stderr, and parse again.
 fn parse_dropping_unknown_caps(raw: &[u8]) -> Option<Spec> {
     let mut value: serde_json::Value = serde_json::from_slice(raw).ok()?;
-    let caps = value
-        .get_mut("process")?
-        .get_mut("capabilities")?
-        .as_object_mut()?;
+    let caps = value.get_mut("process")?.get_mut("capabilities")?;
+    if !drop_unknown_caps(caps) {
+        return None;
+    }
+    serde_json::from_value(value).ok()
+}
+
+/// As runc and crun: capability names this runtime does not know (a newer kernel's, a typo)
+/// are left out of every set of a `process.capabilities` object, with a warning on stderr,
+/// rather than failing the container. Returns whether any was dropped.
+pub fn drop_unknown_caps(caps: &mut serde_json::Value) -> bool {
+    let Some(caps) = caps.as_object_mut() else {
+        return false;
+    };
     let mut unknown = Vec::new();
     for list in caps.values_mut().filter_map(|v| v.as_array_mut()) {
         list.retain(|c| {
@@ -57,13 +67,18 @@ fn parse_dropping_unknown_caps(raw: &[u8]) -> Option<Spec> {
             known
         });
     }
+    warn_unknown_caps(unknown)
+}
+
+/// The one warning for ignored capability names; returns whether there were any.
+pub fn warn_unknown_caps(mut unknown: Vec<String>) -> bool {
     if unknown.is_empty() {
-        return None;
+        return false;
     }
     unknown.sort();
     unknown.dedup();
     eprintln!("vessel-runtime: warning: ignoring unknown or unavailable capabilities: {unknown:?}");
-    serde_json::from_value(value).ok()
+    true
 }
 
 pub fn load_bundle(dir: &Path) -> Result<Bundle> {

@@ -557,6 +557,45 @@ fn exec_process_file_without_user_matches_runc() {
 }
 
 #[test]
+fn exec_with_unknown_capabilities_is_ignored_with_a_warning_like_runc() {
+    if not_root() {
+        return;
+    }
+    let env = TestEnv::new();
+    let Some(mut both) = Both::new(&env) else {
+        return;
+    };
+    let [(ours, _), (theirs, _)] = both.sleepers("caps");
+    let file = env.tmp.path().join("future-cap.json");
+    let caps = serde_json::json!(["CAP_CHOWN", "CAP_FROM_THE_FUTURE"]);
+    std::fs::write(
+        &file,
+        serde_json::json!({
+            "args": ["/bin/sh", "-c", "grep CapBnd /proc/self/status"], "cwd": "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    for (rt, id) in [(&both.ours, &ours), (&both.runc, &theirs)] {
+        let o = rt.out(&["exec", "-p", file, id]);
+        // CAP_CHOWN alone: the unknown name is dropped, not an error.
+        assert_eq!(
+            (code(&o), stdout(&o).trim()),
+            (0, "CapBnd:\t0000000000000001"),
+            "{} exec -p: {}",
+            rt.bin,
+            stderr(&o)
+        );
+        let o = rt.out(&["exec", "--cap", "CAP_FROM_THE_FUTURE", id, "true"]);
+        assert_eq!(code(&o), 0, "{} exec --cap: {}", rt.bin, stderr(&o));
+    }
+    let o = both.ours.out(&["exec", "-p", file, &ours]);
+    assert!(stderr(&o).contains("CAP_FROM_THE_FUTURE"), "{}", stderr(&o));
+}
+
+#[test]
 fn exec_ignore_paused_matches_runc() {
     if not_root() {
         return;
