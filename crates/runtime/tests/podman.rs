@@ -60,6 +60,15 @@ impl Podman {
         })
     }
 
+    /// The interop suite runs under both configurations: the minimal one and Debian's stock
+    /// one (podman's default capabilities, sysctls, mounts) with only this host's needs.
+    fn each_conf() -> Vec<Podman> {
+        [Podman::new(), Podman::with_stock_conf()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     fn with_conf(write_conf: impl FnOnce(&std::path::Path) -> PathBuf) -> Option<Podman> {
         if which("podman").is_none() {
             eprintln!("podman is not installed; skipping");
@@ -167,157 +176,167 @@ fn field(status: &str, name: &str) -> String {
 
 #[test]
 fn podman_run_exit_codes_and_output() {
-    let Some(p) = Podman::new() else { return };
-    let (code, out, err) = p.run(&[], &["sh", "-c", "echo hello; exit 0"]);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(out, "hello\n");
-    let (code, _, _) = p.run(&[], &["sh", "-c", "exit 3"]);
-    assert_eq!(code, 3);
+    for p in Podman::each_conf() {
+        eprintln!("containers.conf: {}", p.conf.display());
+        let (code, out, err) = p.run(&[], &["sh", "-c", "echo hello; exit 0"]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, "hello\n");
+        let (code, _, _) = p.run(&[], &["sh", "-c", "exit 3"]);
+        assert_eq!(code, 3);
+    }
 }
 
 #[test]
 fn podman_resource_and_security_flags() {
-    let Some(p) = Podman::new() else { return };
-    let (code, out, err) = p.run(
+    for p in Podman::each_conf() {
+        eprintln!("containers.conf: {}", p.conf.display());
+        let (code, out, err) = p.run(
         &["--memory", "64m", "--pids-limit", "50", "--cpus", "0.5"],
         &["sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max; \
                        cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max; \
                        cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cut -d' ' -f1 /sys/fs/cgroup/cpu.max"],
     );
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(out, "67108864\n50\n50000\n");
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, "67108864\n50\n50000\n");
 
-    let (code, out, err) = p.run(&["--cap-drop", "ALL"], &["cat", "/proc/self/status"]);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(field(&out, "CapEff"), "0000000000000000");
-    assert_eq!(field(&out, "CapBnd"), "0000000000000000");
+        let (code, out, err) = p.run(&["--cap-drop", "ALL"], &["cat", "/proc/self/status"]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(field(&out, "CapEff"), "0000000000000000");
+        assert_eq!(field(&out, "CapBnd"), "0000000000000000");
 
-    let (code, out, err) = p.run(
-        &["--read-only"],
-        &["sh", "-c", "touch /x 2>/dev/null && echo RW || echo RO"],
-    );
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(out, "RO\n");
+        let (code, out, err) = p.run(
+            &["--read-only"],
+            &["sh", "-c", "touch /x 2>/dev/null && echo RW || echo RO"],
+        );
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, "RO\n");
 
-    let (code, out, err) = p.run(&["--user", "1000:1001"], &["sh", "-c", "id -u; id -g"]);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(out, "1000\n1001\n");
+        let (code, out, err) = p.run(&["--user", "1000:1001"], &["sh", "-c", "id -u; id -g"]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, "1000\n1001\n");
+    }
 }
 
 #[test]
 fn podman_init_is_pid_one() {
-    let Some(p) = Podman::new() else { return };
-    if !Path::new("/usr/libexec/podman/catatonit").exists() && which("catatonit").is_none() {
-        eprintln!("catatonit is not installed; skipping --init");
-        return;
+    for p in Podman::each_conf() {
+        eprintln!("containers.conf: {}", p.conf.display());
+        if !Path::new("/usr/libexec/podman/catatonit").exists() && which("catatonit").is_none() {
+            eprintln!("catatonit is not installed; skipping --init");
+            return;
+        }
+        let (code, out, err) = p.run(
+            &["--init"],
+            &[
+                "sh",
+                "-c",
+                "cat /proc/1/cmdline | tr '\\0' ' '; echo; echo $$",
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        let mut l = out.lines();
+        // podman bind-mounts catatonit at /run/podman-init and makes it PID 1.
+        let init = l.next().unwrap();
+        assert!(
+            init.contains("podman-init") || init.contains("catatonit"),
+            "{out}"
+        );
+        assert_ne!(l.next(), Some("1"));
     }
-    let (code, out, err) = p.run(
-        &["--init"],
-        &[
-            "sh",
-            "-c",
-            "cat /proc/1/cmdline | tr '\\0' ' '; echo; echo $$",
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
-    let mut l = out.lines();
-    // podman bind-mounts catatonit at /run/podman-init and makes it PID 1.
-    let init = l.next().unwrap();
-    assert!(
-        init.contains("podman-init") || init.contains("catatonit"),
-        "{out}"
-    );
-    assert_ne!(l.next(), Some("1"));
 }
 
 #[test]
 fn podman_tty() {
-    let Some(p) = Podman::new() else { return };
-    if which("script").is_none() {
-        return;
+    for p in Podman::each_conf() {
+        eprintln!("containers.conf: {}", p.conf.display());
+        if which("script").is_none() {
+            return;
+        }
+        // `script` gives podman a real terminal on stdin, as a user at a shell would.
+        let mut args: Vec<String> = p
+            .cmd()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        args.extend(
+            [
+                "run",
+                "--rm",
+                "-it",
+                "--network",
+                "none",
+                "--cgroup-parent",
+                &p.cgroup_parent,
+                &p.image,
+                "sh",
+                "-c",
+                "tty; echo done; sleep 0.5",
+            ]
+            .map(String::from),
+        );
+        let line = format!(
+            "podman {}",
+            args.iter()
+                .map(|a| format!("'{a}'"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let mut c = Command::new("script");
+        c.env("CONTAINERS_CONF", &p.conf)
+            .args(["-qec", &line, "/dev/null"]);
+        let o = vessel_testkit::run_via_files(&mut c, p.env.tmp.path());
+        let out = stdout(&o);
+        assert!(o.status.success(), "{out} {}", stderr(&o));
+        assert!(out.contains("/dev/pts/0"), "{out}");
     }
-    // `script` gives podman a real terminal on stdin, as a user at a shell would.
-    let mut args: Vec<String> = p
-        .cmd()
-        .get_args()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    args.extend(
-        [
+}
+
+#[test]
+fn podman_exec_stop_kill_pause() {
+    for p in Podman::each_conf() {
+        eprintln!("containers.conf: {}", p.conf.display());
+        let name = unique("pm");
+        let o = p.podman(&[
             "run",
-            "--rm",
-            "-it",
+            "-d",
+            "--name",
+            &name,
             "--network",
             "none",
             "--cgroup-parent",
             &p.cgroup_parent,
             &p.image,
-            "sh",
-            "-c",
-            "tty; echo done; sleep 0.5",
-        ]
-        .map(String::from),
-    );
-    let line = format!(
-        "podman {}",
-        args.iter()
-            .map(|a| format!("'{a}'"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    let mut c = Command::new("script");
-    c.env("CONTAINERS_CONF", &p.conf)
-        .args(["-qec", &line, "/dev/null"]);
-    let o = vessel_testkit::run_via_files(&mut c, p.env.tmp.path());
-    let out = stdout(&o);
-    assert!(o.status.success(), "{out} {}", stderr(&o));
-    assert!(out.contains("/dev/pts/0"), "{out}");
-}
+            "sleep",
+            "1000",
+        ]);
+        assert!(o.status.success(), "run -d: {}", stderr(&o));
+        let o = p.podman(&["exec", &name, "sh", "-c", "echo in-exec; hostname"]);
+        assert!(o.status.success(), "exec: {}", stderr(&o));
+        assert!(stdout(&o).starts_with("in-exec\n"), "{}", stdout(&o));
 
-#[test]
-fn podman_exec_stop_kill_pause() {
-    let Some(p) = Podman::new() else { return };
-    let name = unique("pm");
-    let o = p.podman(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--network",
-        "none",
-        "--cgroup-parent",
-        &p.cgroup_parent,
-        &p.image,
-        "sleep",
-        "1000",
-    ]);
-    assert!(o.status.success(), "run -d: {}", stderr(&o));
-    let o = p.podman(&["exec", &name, "sh", "-c", "echo in-exec; hostname"]);
-    assert!(o.status.success(), "exec: {}", stderr(&o));
-    assert!(stdout(&o).starts_with("in-exec\n"), "{}", stdout(&o));
+        let o = p.podman(&["pause", &name]);
+        assert!(o.status.success(), "pause: {}", stderr(&o));
+        let o = p.podman(&["inspect", "--format", "{{.State.Status}}", &name]);
+        assert_eq!(stdout(&o).trim(), "paused");
+        let o = p.podman(&["unpause", &name]);
+        assert!(o.status.success(), "unpause: {}", stderr(&o));
+        let o = p.podman(&["inspect", "--format", "{{.State.Status}}", &name]);
+        assert_eq!(stdout(&o).trim(), "running");
 
-    let o = p.podman(&["pause", &name]);
-    assert!(o.status.success(), "pause: {}", stderr(&o));
-    let o = p.podman(&["inspect", "--format", "{{.State.Status}}", &name]);
-    assert_eq!(stdout(&o).trim(), "paused");
-    let o = p.podman(&["unpause", &name]);
-    assert!(o.status.success(), "unpause: {}", stderr(&o));
-    let o = p.podman(&["inspect", "--format", "{{.State.Status}}", &name]);
-    assert_eq!(stdout(&o).trim(), "running");
+        let o = p.podman(&["stop", "--time", "1", &name]);
+        assert!(o.status.success(), "stop: {}", stderr(&o));
+        let o = p.podman(&["inspect", "--format", "{{.State.Status}}", &name]);
+        assert_eq!(stdout(&o).trim(), "exited");
 
-    let o = p.podman(&["stop", "--time", "1", &name]);
-    assert!(o.status.success(), "stop: {}", stderr(&o));
-    let o = p.podman(&["inspect", "--format", "{{.State.Status}}", &name]);
-    assert_eq!(stdout(&o).trim(), "exited");
-
-    let o = p.podman(&["start", &name]);
-    assert!(o.status.success(), "start again: {}", stderr(&o));
-    let o = p.podman(&["kill", &name]);
-    assert!(o.status.success(), "kill: {}", stderr(&o));
-    let o = p.podman(&["wait", &name]);
-    assert!(o.status.success(), "wait: {}", stderr(&o));
-    let o = p.podman(&["rm", &name]);
-    assert!(o.status.success(), "rm: {}", stderr(&o));
+        let o = p.podman(&["start", &name]);
+        assert!(o.status.success(), "start again: {}", stderr(&o));
+        let o = p.podman(&["kill", &name]);
+        assert!(o.status.success(), "kill: {}", stderr(&o));
+        let o = p.podman(&["wait", &name]);
+        assert!(o.status.success(), "wait: {}", stderr(&o));
+        let o = p.podman(&["rm", &name]);
+        assert!(o.status.success(), "rm: {}", stderr(&o));
+    }
 }
 
 #[test]
