@@ -34,30 +34,14 @@ async fn containers_talk_and_published_ports_answer() {
         .attach(
             &net,
             &AttachRequest {
-                container_id: "ctr-a",
-                netns: fa.as_fd(),
-                ifname: "eth0",
-                ipv4: None,
-                ipv6: None,
                 ports: &published,
-                default_route: true,
+                ..attach_request("ctr-a", fa.as_fd())
             },
         )
         .await
         .expect("attach a");
     let b = host
-        .attach(
-            &net,
-            &AttachRequest {
-                container_id: "ctr-b",
-                netns: fb.as_fd(),
-                ifname: "eth0",
-                ipv4: None,
-                ipv6: None,
-                ports: &[],
-                default_route: true,
-            },
-        )
+        .attach(&net, &attach_request("ctr-b", fb.as_fd()))
         .await
         .expect("attach b");
     let ip_a = a.ipv4().unwrap().to_string();
@@ -318,13 +302,8 @@ async fn udp_publish_and_ipv6_between_containers() {
         .attach(
             &net,
             &AttachRequest {
-                container_id: "a",
-                netns: fa.as_fd(),
-                ifname: "eth0",
-                ipv4: None,
-                ipv6: None,
                 ports: &published,
-                default_route: true,
+                ..attach_request("a", fa.as_fd())
             },
         )
         .await
@@ -333,13 +312,8 @@ async fn udp_publish_and_ipv6_between_containers() {
         .attach(
             &net,
             &AttachRequest {
-                container_id: "b",
-                netns: fb.as_fd(),
-                ifname: "eth0",
-                ipv4: None,
                 ipv6: Some("fd00:231:2::99".parse().unwrap()),
-                ports: &[],
-                default_route: true,
+                ..attach_request("b", fb.as_fd())
             },
         )
         .await
@@ -442,13 +416,8 @@ async fn attach_rolls_back_at_every_step() {
             .attach(
                 &net,
                 &AttachRequest {
-                    container_id: "c",
-                    netns: f.as_fd(),
-                    ifname: "eth0",
-                    ipv4: None,
-                    ipv6: None,
                     ports: &published,
-                    default_route: true,
+                    ..attach_request("c", f.as_fd())
                 },
             )
             .await
@@ -462,13 +431,8 @@ async fn attach_rolls_back_at_every_step() {
         .attach(
             &net,
             &AttachRequest {
-                container_id: "c",
-                netns: f.as_fd(),
-                ifname: "eth0",
-                ipv4: None,
-                ipv6: None,
                 ports: &published,
-                default_route: true,
+                ..attach_request("c", f.as_fd())
             },
         )
         .await
@@ -479,13 +443,9 @@ async fn attach_rolls_back_at_every_step() {
         .attach(
             &net,
             &AttachRequest {
-                container_id: "c",
-                netns: f.as_fd(),
                 ifname: "eth1",
-                ipv4: None,
-                ipv6: None,
-                ports: &[],
                 default_route: false,
+                ..attach_request("c", f.as_fd())
             },
         )
         .await
@@ -516,13 +476,9 @@ async fn attach_rolls_back_on_real_failures() {
         .attach(
             &net,
             &AttachRequest {
-                container_id: "a",
-                netns: fa.as_fd(),
-                ifname: "eth0",
                 ipv4: Some("10.231.4.50".parse().unwrap()),
-                ipv6: None,
                 ports: &ports(&["18111:80"]),
-                default_route: true,
+                ..attach_request("a", fa.as_fd())
             },
         )
         .await
@@ -534,13 +490,8 @@ async fn attach_rolls_back_on_real_failures() {
         .attach(
             &net,
             &AttachRequest {
-                container_id: "b",
-                netns: fb.as_fd(),
-                ifname: "eth0",
                 ipv4: Some("10.231.4.50".parse().unwrap()),
-                ipv6: None,
-                ports: &[],
-                default_route: true,
+                ..attach_request("b", fb.as_fd())
             },
         )
         .await
@@ -553,13 +504,8 @@ async fn attach_rolls_back_on_real_failures() {
         .attach(
             &net,
             &AttachRequest {
-                container_id: "b",
-                netns: fb.as_fd(),
-                ifname: "eth0",
-                ipv4: None,
-                ipv6: None,
                 ports: &ports(&["127.0.0.1:18111:80"]),
-                default_route: true,
+                ..attach_request("b", fb.as_fd())
             },
         )
         .await
@@ -583,13 +529,8 @@ async fn attach_rolls_back_on_real_failures() {
         .attach(
             &net,
             &AttachRequest {
-                container_id: "c",
-                netns: fc.as_fd(),
-                ifname: "eth0",
-                ipv4: None,
-                ipv6: None,
                 ports: &ports(&["18112:80"]),
-                default_route: true,
+                ..attach_request("c", fc.as_fd())
             },
         )
         .await
@@ -625,13 +566,8 @@ async fn attach_rolls_back_on_real_failures() {
         .attach(
             &net,
             &AttachRequest {
-                container_id: "b",
-                netns: fb.as_fd(),
                 ifname: "bad/name",
-                ipv4: None,
-                ipv6: None,
-                ports: &[],
-                default_route: true,
+                ..attach_request("b", fb.as_fd())
             },
         )
         .await
@@ -644,13 +580,8 @@ async fn attach_rolls_back_on_real_failures() {
         .attach(
             &net,
             &AttachRequest {
-                container_id: "b",
-                netns: fb.as_fd(),
-                ifname: "eth0",
                 ipv4: Some("10.9.9.9".parse().unwrap()),
-                ipv6: None,
-                ports: &[],
-                default_route: true,
+                ..attach_request("b", fb.as_fd())
             },
         )
         .await
@@ -718,34 +649,12 @@ async fn create_network_rolls_back_and_internal_has_no_way_out() {
     let (pa, fa) = fx.container("a");
     let (pb, fb) = fx.container("b");
     let a = host
-        .attach(
-            &inet,
-            &AttachRequest {
-                container_id: "a",
-                netns: fa.as_fd(),
-                ifname: "eth0",
-                ipv4: None,
-                ipv6: None,
-                ports: &[],
-                default_route: true,
-            },
-        )
+        .attach(&inet, &attach_request("a", fa.as_fd()))
         .await
         .unwrap();
-    host.attach(
-        &inet,
-        &AttachRequest {
-            container_id: "b",
-            netns: fb.as_fd(),
-            ifname: "eth0",
-            ipv4: None,
-            ipv6: None,
-            ports: &[],
-            default_route: true,
-        },
-    )
-    .await
-    .unwrap();
+    host.attach(&inet, &attach_request("b", fb.as_fd()))
+        .await
+        .unwrap();
     assert!(
         in_ns(&pa, &["ip", "route", "show", "default"])
             .unwrap()
@@ -794,4 +703,21 @@ fn netns_create_and_remove() {
         .unwrap()
         .contains(&name));
     vessel_network::netns::remove_netns(&p).unwrap();
+}
+
+/// A request with the defaults of a container's first network: eth0, addresses from IPAM,
+/// no published ports, the default route.
+fn attach_request<'a>(
+    container_id: &'a str,
+    netns: std::os::fd::BorrowedFd<'a>,
+) -> AttachRequest<'a> {
+    AttachRequest {
+        container_id,
+        netns,
+        ifname: "eth0",
+        ipv4: None,
+        ipv6: None,
+        ports: &[],
+        default_route: true,
+    }
 }
