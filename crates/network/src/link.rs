@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
 use futures_util::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags};
-use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, TokioSocket};
 use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
@@ -57,8 +57,8 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
-    /// The index of the device `name`, if it exists.
-    pub async fn link_index(&self, name: &str) -> Result<Option<u32>> {
+    /// The device `name`, if it exists.
+    async fn get_link(&self, name: &str) -> Result<Option<LinkMessage>> {
         let mut links = self
             .handle
             .link()
@@ -66,8 +66,7 @@ impl Netlink {
             .match_name(name.to_string())
             .execute();
         match links.try_next().await {
-            Ok(Some(msg)) => Ok(Some(msg.header.index)),
-            Ok(None) => Ok(None),
+            Ok(msg) => Ok(msg),
             Err(e) => {
                 let err = Error::netlink(format!("look up link {name}"), e);
                 if matches!(err.errno(), Some(ENODEV | ENOENT)) {
@@ -79,26 +78,16 @@ impl Netlink {
         }
     }
 
+    /// The index of the device `name`, if it exists.
+    pub async fn link_index(&self, name: &str) -> Result<Option<u32>> {
+        Ok(self.get_link(name).await?.map(|msg| msg.header.index))
+    }
+
     /// The kind of a device ("bridge", "veth", ...), if it exists.
     pub async fn link_kind(&self, name: &str) -> Result<Option<String>> {
         use rtnetlink::packet_route::link::LinkInfo;
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        let msg = match links.try_next().await {
-            Ok(Some(m)) => m,
-            Ok(None) => return Ok(None),
-            Err(e) => {
-                let err = Error::netlink(format!("look up link {name}"), e);
-                return if matches!(err.errno(), Some(ENODEV | ENOENT)) {
-                    Ok(None)
-                } else {
-                    Err(err)
-                };
-            }
+        let Some(msg) = self.get_link(name).await? else {
+            return Ok(None);
         };
         for a in msg.attributes {
             if let LinkAttribute::LinkInfo(infos) = a {
